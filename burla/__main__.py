@@ -1,0 +1,5 @@
+"""`python -m burla` is the `burla` command."""
+
+from burla.cli import main
+
+main()

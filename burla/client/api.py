@@ -1,0 +1,209 @@
+"""`remote_parallel_map`: check the arguments, ship the function, gather results for the caller."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import platform
+import sys
+import uuid
+from collections.abc import Callable, Generator, Iterable
+from typing import Any
+
+import cloudpickle
+
+from burla.client import local_cluster
+from burla.client.chunking import Chunker
+from burla.client.results import mark_remote
+from burla.client.session import JobSession, JobSpec
+from burla.client.spinner import Display
+from burla.config import MAX_FUNCTION_BYTES, configured_cluster
+from burla.errors import BurlaError, FunctionTooBig, JobCanceled
+
+GPU_TYPES = {"A100": "A100_40G", "A100_40G": "A100_40G", "A100_80G": "A100_80G",
+             "H100": "H100_80G", "H100_80G": "H100_80G"}
+# Seconds to wait for a first answer from the cluster before ClusterUnreachable.
+CONNECT_TIMEOUT_SECONDS = float(os.environ.get("BURLA_CONNECT_TIMEOUT", "20"))
+_EVENT_WAIT_SECONDS = 0.1
+
+
+def remote_parallel_map(
+    function_: Callable[..., Any],
+    inputs: Iterable[Any],
+    func_cpu: int = 1,
+    func_ram: int | str = "dynamic",
+    func_gpu: str | None = None,
+    image: str | None = None,
+    grow: bool = False,
+    max_parallelism: int | None = None,
+    detach: bool = False,
+    generator: bool = False,
+    spinner: bool = True,
+    api_key: str | None = None,
+    background: bool | None = None,
+) -> list[Any] | Generator[Any, None, None]:
+    """Call `function_` on every input at once across the cluster.
+
+    Returns the results in input order, or with `generator=True` a generator yielding them as
+    they finish. A tuple input is unpacked into positional arguments. Output printed remotely
+    streams to this process; an exception raised remotely is raised here, with remote frames.
+    `background=` is the older name of `detach=`.
+    """
+    if background is not None:
+        detach = bool(background)
+    ram_gb = _check_arguments(function_, func_cpu, func_ram, func_gpu, image, max_parallelism)
+    chunker = Chunker(inputs)
+    if chunker.done():  # empty inputs: nothing to run, no cluster touched
+        return _empty() if generator else []
+    spec = _job_spec(function_, func_cpu, ram_gb, func_gpu, image, max_parallelism, grow, detach)
+    address = configured_cluster(api_key) or local_cluster.ensure_running()
+    display = Display(spinner, spec.function_name)
+    session = JobSession(address, spec, chunker, display.write_logs, CONNECT_TIMEOUT_SECONDS)
+    if generator:
+        return _stream(session, display)
+    return _collect(session, display)
+
+
+def _empty() -> Generator[Any, None, None]:
+    yield from ()
+
+
+def _check_arguments(
+    function_: Any, func_cpu: Any, func_ram: Any, func_gpu: Any, image: Any,
+    max_parallelism: Any,
+) -> int:
+    """Raise ValueError/TypeError naming the bad argument; return func_ram in GB (0 = dynamic)."""
+    if not callable(function_):
+        raise TypeError(f"function_ must be callable, got {type(function_).__name__}: "
+                        f"{function_!r:.80}")
+    if not isinstance(func_cpu, int) or isinstance(func_cpu, bool) or func_cpu < 1:
+        raise ValueError(f"func_cpu must be a whole number of CPUs >= 1, got {func_cpu!r}")
+    if func_ram != "dynamic" and (
+        not isinstance(func_ram, int) or isinstance(func_ram, bool) or func_ram < 1
+    ):
+        raise ValueError(f"func_ram must be a whole number of GB >= 1 or 'dynamic', "
+                         f"got {func_ram!r}")
+    if func_gpu is not None and func_gpu not in GPU_TYPES:
+        raise ValueError(f"func_gpu={func_gpu!r} is not a GPU type burla knows; use one of "
+                         f"{', '.join(repr(g) for g in GPU_TYPES)}, or None")
+    if image is not None and (not isinstance(image, str) or not image):
+        raise ValueError(f"image must be a non-empty container image name, got {image!r}")
+    if max_parallelism is not None and (
+        not isinstance(max_parallelism, int) or isinstance(max_parallelism, bool)
+        or max_parallelism < 1
+    ):
+        raise ValueError(f"max_parallelism must be a whole number >= 1 or None, "
+                         f"got {max_parallelism!r}")
+    return 0 if func_ram == "dynamic" else int(func_ram)
+
+
+def _job_spec(
+    function_: Callable[..., Any], func_cpu: int, ram_gb: int, func_gpu: str | None,
+    image: str | None, max_parallelism: int | None, grow: bool, detach: bool,
+) -> JobSpec:
+    name = getattr(function_, "__qualname__", None) or repr(function_)
+    blob = _pickle_function(function_, name)
+    return JobSpec(
+        job_id=uuid.uuid4().hex, function=blob,
+        function_hash=hashlib.blake2b(blob, digest_size=16).hexdigest(), function_name=name,
+        func_cpu=func_cpu, func_ram=ram_gb, func_gpu=GPU_TYPES.get(func_gpu or "", None),
+        image=image, max_parallelism=max_parallelism, grow=grow, detach=detach,
+        python_version=".".join(platform.python_version_tuple()[:2]),
+    )
+
+
+def _pickle_function(function_: Callable[..., Any], name: str) -> bytes:
+    module = sys.modules.get(getattr(function_, "__module__", "") or "")
+    by_value = module is not None and _is_user_module(module)
+    if by_value:  # the cluster may not have the user's own modules installed: ship the code
+        cloudpickle.register_pickle_by_value(module)
+    try:
+        blob = cloudpickle.dumps(function_, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:
+        raise TypeError(f"function {name} cannot be pickled to send it to the cluster: "
+                        f"{exc}") from exc
+    finally:
+        if by_value:
+            cloudpickle.unregister_pickle_by_value(module)
+    if len(blob) > MAX_FUNCTION_BYTES:
+        raise FunctionTooBig(
+            f"function {name} pickles to {len(blob) / 2**20:.0f} MB, over the "
+            f"{MAX_FUNCTION_BYTES // 2**20} MB limit. It likely closes over large data: load "
+            f"that data inside the function instead (from a file or bucket)."
+        )
+    return blob
+
+
+def _is_user_module(module: Any) -> bool:
+    """True for the user's own code (scripts, project modules), not installed packages."""
+    name = module.__name__
+    if name == "__main__" or name.split(".")[0] == "burla":
+        return False  # __main__ is pickled by value already; burla is on every node
+    path = getattr(module, "__file__", None) or ""
+    return bool(path) and "site-packages" not in path and "dist-packages" not in path \
+        and not path.startswith(sys.base_prefix)
+
+
+def _events(session: JobSession, display: Display) -> Generator[tuple[int, Any], None, None]:
+    """(index, value) for every result as it arrives; raises the first remote exception."""
+    received = 0
+    total: int | None = None
+    session.start()
+    try:
+        while total is None or received < total:
+            try:
+                kind, payload = session.events.get(timeout=_EVENT_WAIT_SECONDS)
+            except Exception:  # queue.Empty: keep the spinner fresh and wait on
+                display.update()
+                continue
+            if kind == "results":
+                seq, items = payload
+                for index, ok, value in items:
+                    if not ok:
+                        session.cancel(f"input {index} raised {type(value).__name__}")
+                        raise _with_remote_traceback(value, index)
+                    received += 1
+                    yield index, value
+                session.consumed(seq)
+                display.update(done=received)
+            elif kind == "total":
+                total = payload
+                display.update(total=total)
+            elif kind in ("accepted", "progress"):
+                display.update(running=payload)
+            elif kind == "error":
+                raise payload
+    except KeyboardInterrupt:
+        session.cancel("Ctrl-C in the client")
+        raise JobCanceled("the job was cancelled by Ctrl-C; its calls were stopped on the "
+                          "cluster") from None
+    except GeneratorExit:
+        session.cancel("the caller stopped reading results")
+        raise
+    finally:
+        session.close()
+
+
+def _with_remote_traceback(exc: BaseException, index: int) -> BaseException:
+    mark_remote(exc, index)
+    return exc
+
+
+def _collect(session: JobSession, display: Display) -> list[Any]:
+    results: list[Any] = []
+    with display:
+        for index, value in _events(session, display):
+            if index >= len(results):
+                results.extend([None] * (index + 1 - len(results)))
+            results[index] = value
+    return results
+
+
+def _stream(session: JobSession, display: Display) -> Generator[Any, None, None]:
+    with display:
+        for _index, value in _events(session, display):
+            yield value
+
+
+__all__ = ["remote_parallel_map", "BurlaError"]

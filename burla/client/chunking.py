@@ -1,0 +1,112 @@
+"""Turns the user's inputs, consumed lazily, into pickled chunks sized by guided self-scheduling.
+
+A chunk holds consecutive inputs. While much work remains chunks are large (cheap to move);
+near the end they shrink to single inputs, so no slot is left with a long tail. The size rule
+is `remaining / (GSS_FACTOR * slots)`, capped by bytes. Remaining is known exactly for sized
+inputs; for iterators it is the size of a bounded look-ahead buffer until the iterator ends.
+This module never talks to the network.
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections import deque
+from collections.abc import Iterable, Iterator
+from itertools import islice
+from typing import Any
+
+import cloudpickle
+
+from burla.config import MAX_INPUT_BYTES
+from burla.errors import InputTooBig
+
+# Chunks per slot the remaining work is cut into (2 is the classic guided self-scheduling).
+GSS_FACTOR = 2
+# Pickled size a chunk aims at: big enough to amortise per-message cost, small enough to spread.
+TARGET_CHUNK_BYTES = 1024 * 1024
+# Most inputs in one chunk, so results of a huge chunk of tiny inputs still stream back.
+MAX_CHUNK_INPUTS = 8192
+# Inputs read ahead of the upload from an iterator of unknown length.
+LOOKAHEAD_INPUTS = 4 * MAX_CHUNK_INPUTS
+
+
+def dumps(value: Any) -> bytes:
+    try:
+        return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception:  # lambdas, local classes, closures: cloudpickle handles them
+        return cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+class Chunker:
+    """Yields `(first_index, count, blob)` for the inputs, one chunk per `next_chunk` call."""
+
+    def __init__(self, inputs: Iterable[Any], slots: int = 1) -> None:
+        self.slots = max(1, slots)
+        self._known_total = len(inputs) if hasattr(inputs, "__len__") else None  # type: ignore[arg-type]
+        self._iterator: Iterator[Any] = iter(inputs)
+        self._buffer: deque[Any] = deque()
+        self._exhausted = False
+        self.next_index = 0
+        self._bytes_per_input = 0.0  # running estimate, 0 until the first chunk is pickled
+
+    @property
+    def total(self) -> int | None:
+        """The input count, once known."""
+        if self._known_total is not None:
+            return self._known_total
+        return self.next_index + len(self._buffer) if self._exhausted else None
+
+    def _fill(self) -> None:
+        if not self._exhausted and len(self._buffer) < LOOKAHEAD_INPUTS:
+            want = LOOKAHEAD_INPUTS - len(self._buffer)
+            before = len(self._buffer)
+            self._buffer.extend(islice(self._iterator, want))
+            if len(self._buffer) - before < want:
+                self._exhausted = True
+
+    def done(self) -> bool:
+        self._fill()
+        return self._exhausted and not self._buffer
+
+    def chunk_size(self) -> int:
+        self._fill()
+        total = self.total
+        remaining = total - self.next_index if total is not None else len(self._buffer)
+        size = max(1, -(-remaining // (GSS_FACTOR * self.slots)))
+        if self._bytes_per_input:
+            size = min(size, max(1, int(TARGET_CHUNK_BYTES / self._bytes_per_input)))
+        else:
+            size = min(size, 64)  # first chunk: learn how big inputs are
+        return min(size, MAX_CHUNK_INPUTS, len(self._buffer))
+
+    def next_chunk(self) -> tuple[int, int, bytes] | None:
+        if self.done():
+            return None
+        count = self.chunk_size()
+        items = [self._buffer.popleft() for _ in range(count)]
+        first = self.next_index
+        blob = dumps(items)
+        if len(blob) > MAX_INPUT_BYTES:
+            _check_each(items, first, len(blob))  # raises InputTooBig naming the index
+            # Several big inputs together: hand them back and send fewer at a time.
+            self._buffer.extendleft(reversed(items))
+            self._bytes_per_input = len(blob) / count
+            return self.next_chunk()
+        self.next_index += count
+        estimate = len(blob) / count
+        self._bytes_per_input = (
+            estimate if not self._bytes_per_input else 0.5 * (self._bytes_per_input + estimate)
+        )
+        return first, count, blob
+
+
+def _check_each(items: list[Any], first: int, chunk_bytes: int) -> None:
+    for offset, item in enumerate(items):
+        size = chunk_bytes if len(items) == 1 else len(dumps(item))
+        if size > MAX_INPUT_BYTES:
+            raise InputTooBig(
+                f"input at index {first + offset} pickles to {size / 2**20:.0f} MB, over the "
+                f"{MAX_INPUT_BYTES // 2**20} MB limit. Pass a path or URL to the data "
+                f"instead, and load it inside the function.",
+                first + offset,
+            )

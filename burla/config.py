@@ -1,0 +1,72 @@
+"""Where state lives, and which cluster a client call uses (DESIGN §7); no role logic here."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+import platformdirs
+
+# Limits of what one call may ship (DESIGN §1).
+MAX_FUNCTION_BYTES = 100 * 1024 * 1024
+MAX_INPUT_BYTES = 200 * 1024 * 1024
+# A peer silent this long is dead (DESIGN §3); idle links ping at a fraction of it.
+PEER_TIMEOUT_SECONDS = 5.0
+PING_INTERVAL_SECONDS = 1.0
+
+
+def user_state_dir() -> Path:
+    return Path(os.environ.get("BURLA_STATE_DIR") or platformdirs.user_state_dir("burla"))
+
+
+def user_config_dir() -> Path:
+    return Path(os.environ.get("BURLA_CONFIG_DIR") or platformdirs.user_config_dir("burla"))
+
+
+def credentials_path() -> Path:
+    return user_config_dir() / "burla_credentials.json"
+
+
+def new_token() -> str:
+    return secrets.token_urlsafe(24)
+
+
+def write_private_json(path: Path, data: dict[str, object]) -> None:
+    """Write `data` readable by the owner only, atomically (readers never see half a file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        json.dump(data, handle)
+    os.replace(tmp, path)
+
+
+@dataclass(frozen=True)
+class ClusterAddress:
+    """How a client reaches a cluster: endpoint, token, and whether it is the embedded one."""
+
+    endpoint: str
+    token: str
+    embedded: bool
+    source: str  # what chose it, for error messages
+
+
+def configured_cluster(api_key: str | None) -> ClusterAddress | None:
+    """The cluster chosen by `api_key`/environment or saved login; None means embedded."""
+    endpoint = os.environ.get("BURLA_CLUSTER")
+    token = api_key or os.environ.get("BURLA_API_KEY")
+    if endpoint:
+        return ClusterAddress(endpoint, token or "", False, "BURLA_CLUSTER")
+    path = credentials_path()
+    if path.exists():
+        saved = json.loads(path.read_text())
+        return ClusterAddress(saved["address"], token or saved["token"], False, str(path))
+    if api_key:
+        raise ValueError(
+            "api_key= was given but no cluster address is configured: set BURLA_CLUSTER "
+            "or run `burla login`"
+        )
+    return None

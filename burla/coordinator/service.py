@@ -1,0 +1,240 @@
+"""The coordinator daemon: one ROUTER for clients and agents, around the pure Scheduler.
+
+This layer authenticates peers, routes each message to the scheduler handler for its type,
+sends what the scheduler returns, and keeps time (heartbeats, dead peers, idle shutdown).
+Decisions about jobs and slots are the scheduler's, never made here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import hmac
+import os
+import signal
+import time
+from collections.abc import Callable
+
+import structlog
+import zmq
+
+from burla import __version__, protocol, systemd, transport
+from burla.config import PING_INTERVAL_SECONDS
+from burla.coordinator.config import CoordinatorConfig
+from burla.coordinator.scheduler import Out, Scheduler
+
+log = structlog.get_logger("burla.coordinator")
+
+# Clients are forgotten this long after their last message (their jobs were handled earlier).
+CLIENT_FORGET_SECONDS = 60.0
+
+
+class Coordinator:
+    def __init__(self, config: CoordinatorConfig) -> None:
+        self.config = config
+        self.session = os.urandom(6).hex()
+        self.ctx: zmq.Context[object] = zmq.Context()
+        self.scheduler = Scheduler(os.urandom(32))
+        self.clients: dict[bytes, str] = {}  # peer -> owner, after a good Hello
+        self.client_seen: dict[bytes, float] = {}
+        self.agent_last_ping = 0.0
+        self.idle_since = time.monotonic()
+        self.stopping = asyncio.Event()
+        self.channel: transport.Channel
+        self.endpoint = ""
+
+    async def run(self) -> None:
+        sock = transport.router_socket(self.ctx, self.config.endpoint)
+        self.endpoint = transport.bound_endpoint(sock)
+        self.channel = transport.Channel(sock, self.on_message, routed=True, name="coordinator")
+        self.channel.start()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop, f"signal {sig}")
+        log.info("coordinator_listening", endpoint=self.endpoint, session=self.session)
+        systemd.notify(ready="1", status=f"listening {self.endpoint}", mainpid=str(os.getpid()))
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(self.tick())
+                await self.stopping.wait()
+                raise _Stop
+        except* _Stop:
+            pass
+        finally:
+            for node in self.scheduler.nodes.values():
+                self.channel.send(protocol.Shutdown("the coordinator is stopping"), node.peer)
+            await asyncio.sleep(0.05)  # let the Shutdowns leave before the socket closes
+            self.channel.close()
+            self.ctx.term()
+
+    def stop(self, reason: str) -> None:
+        log.info("coordinator_stopping", reason=reason)
+        self.stopping.set()
+
+    def send_all(self, out: Out) -> None:
+        for peer, msg in out:
+            self.channel.send(msg, peer)
+
+    async def tick(self) -> None:
+        watchdog = systemd.watchdog_interval()
+        while True:
+            await asyncio.sleep(min(PING_INTERVAL_SECONDS, watchdog or PING_INTERVAL_SECONDS))
+            now = time.monotonic()
+            if watchdog:
+                systemd.notify(watchdog="1")
+            for node in self.scheduler.nodes.values():
+                self.channel.send(protocol.Ping(), node.peer)
+            for peer in list(self.client_seen):
+                if now - self.client_seen[peer] > CLIENT_FORGET_SECONDS:
+                    self.client_seen.pop(peer, None)
+                    self.clients.pop(peer, None)
+            self.send_all(self.scheduler.expire(now, self.client_seen))
+            if self.scheduler.jobs or any(
+                now - seen < PING_INTERVAL_SECONDS * 2 for seen in self.client_seen.values()
+            ):
+                self.idle_since = now
+            idle = self.config.idle_timeout
+            if idle and now - self.idle_since > idle:
+                self.stop(f"idle for {idle:.0f}s")
+
+    # --- inbound ------------------------------------------------------------------------------
+
+    def on_message(self, peer: bytes, msg: protocol.Message) -> None:
+        now = time.monotonic()
+        if isinstance(msg, protocol.Hello):
+            self.on_hello(peer, msg, now)
+            return
+        node = self.scheduler.node_by_peer(peer) if peer.startswith(b"agent-") else None
+        if node is not None:
+            node.last_seen = now
+            handler = self.agent_handlers.get(type(msg))
+            if handler is not None:
+                self.send_all(handler(self, node, msg))
+            return
+        owner = self.clients.get(peer)
+        if owner is None:
+            # Not (or no longer) registered: an agent must re-register, a client re-connect.
+            if peer.startswith(b"agent-") or not isinstance(msg, protocol.Ping):
+                self.channel.send(protocol.Refuse("unknown_peer", "send Hello first", ""), peer)
+            return
+        self.client_seen[peer] = now
+        client_handler = self.client_handlers.get(type(msg))
+        if client_handler is not None:
+            self.send_all(client_handler(self, peer, owner, msg))
+
+    def on_hello(self, peer: bytes, msg: protocol.Hello, now: float) -> None:
+        if msg.protocol_version != protocol.PROTOCOL_VERSION:
+            text = (f"protocol version mismatch: this {msg.role} speaks version "
+                    f"{msg.protocol_version} (burla {msg.burla_version}), the cluster speaks "
+                    f"version {protocol.PROTOCOL_VERSION} (burla {__version__}). Install "
+                    f"burla=={__version__} on the {msg.role}, or upgrade the cluster.")
+            self.channel.send(protocol.Refuse("version", text, ""), peer)
+            return
+        if msg.role == "agent":
+            if not hmac.compare_digest(msg.token, self.config.agent_token):
+                self.channel.send(protocol.Refuse("unauthorized", "bad cluster token", ""), peer)
+                return
+            self.send_all(self.scheduler.add_node(peer, msg, now))
+        else:
+            owner = self.authenticate(msg.token)
+            if owner is None:
+                self.channel.send(protocol.Refuse(
+                    "unauthorized", "the cluster refused this token: run `burla login`, or "
+                    "pass a valid api_key=", ""), peer)
+                return
+            self.clients[peer] = owner
+            self.client_seen[peer] = now
+        self.channel.send(protocol.Welcome(self.session, protocol.PROTOCOL_VERSION, __version__,
+                                           {"endpoint": self.endpoint}), peer)
+
+    def authenticate(self, token: str) -> str | None:
+        for known, owner in self.config.client_tokens.items():
+            if hmac.compare_digest(known, token):
+                return owner
+        return self.scheduler.owner_of_job_token(token)
+
+    # --- client messages ------------------------------------------------------------------------
+
+    def on_submit(self, peer: bytes, owner: str, msg: protocol.Submit) -> Out:
+        return self.scheduler.submit(peer, owner, msg, time.monotonic())
+
+    def on_input_chunk(self, peer: bytes, owner: str, msg: protocol.InputChunk) -> Out:
+        job = self.scheduler.jobs.get(msg.job_id)
+        return self.scheduler.add_inputs(job, msg) if job and job.owner == owner else []
+
+    def on_inputs_done(self, peer: bytes, owner: str, msg: protocol.InputsDone) -> Out:
+        job = self.scheduler.jobs.get(msg.job_id)
+        return self.scheduler.inputs_done(job, msg) if job and job.owner == owner else []
+
+    def on_ack(self, peer: bytes, owner: str, msg: protocol.Ack) -> Out:
+        job = self.scheduler.jobs.get(msg.job_id)
+        return self.scheduler.ack(job, msg) if job and job.owner == owner else []
+
+    def on_cancel(self, peer: bytes, owner: str, msg: protocol.Cancel) -> Out:
+        return self.scheduler.cancel(msg.job_id, owner, msg.reason)
+
+    def on_client_ping(self, peer: bytes, owner: str, msg: protocol.Ping) -> Out:
+        return [(peer, protocol.Ping())]  # so a client waiting on a long call knows we live
+
+    def on_status(self, peer: bytes, owner: str, msg: protocol.StatusRequest) -> Out:
+        scheduler = self.scheduler
+        info = {
+            "endpoint": self.endpoint,
+            "version": __version__,
+            "nodes": [
+                {"agent_id": n.agent_id, "cpus": n.cpus, "used_cpus": n.used_cpus,
+                 "ram_gb": n.ram_gb, "gpus": n.gpus, "image": n.image,
+                 "python_version": n.python_version}
+                for n in scheduler.nodes.values()
+            ],
+            "jobs": [
+                {"job_id": j.job_id, "owner": j.owner, "function": j.function_name,
+                 "slots": j.slots, "done": j.done, "total": j.total, "uploaded": j.uploaded}
+                for j in scheduler.jobs.values() if j.owner == owner
+            ],
+        }
+        return [(peer, protocol.StatusReply(info))]
+
+    def on_shutdown(self, peer: bytes, owner: str, msg: protocol.Shutdown) -> Out:
+        if owner == self.config.admin_owner:
+            self.stop(msg.reason)
+        return []
+
+    client_handlers: dict[type, Callable[..., Out]] = {
+        protocol.Submit: on_submit,
+        protocol.InputChunk: on_input_chunk,
+        protocol.InputsDone: on_inputs_done,
+        protocol.Ack: on_ack,
+        protocol.Cancel: on_cancel,
+        protocol.Ping: on_client_ping,
+        protocol.StatusRequest: on_status,
+        protocol.Shutdown: on_shutdown,
+    }
+
+    # --- agent messages -------------------------------------------------------------------------
+
+    agent_handlers: dict[type, Callable[..., Out]] = {
+        protocol.Credit: lambda self, node, msg: self.scheduler.credit(node, msg),
+        protocol.Results: lambda self, node, msg: self.scheduler.results(node, msg),
+        protocol.Logs: lambda self, node, msg: self.relay_logs(msg),
+        protocol.Ping: lambda self, node, msg: [],
+    }
+
+    def relay_logs(self, msg: protocol.Logs) -> Out:
+        job = self.scheduler.jobs.get(msg.job_id)
+        return [(job.client, msg)] if job is not None else []
+
+
+class _Stop(Exception):
+    pass
+
+
+def default_owner() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return f"uid{os.getuid()}"
+
+
+async def run(config: CoordinatorConfig) -> None:
+    await Coordinator(config).run()

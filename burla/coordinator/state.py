@@ -1,0 +1,115 @@
+"""The coordinator's records of nodes, jobs and chunks: plain data, no behaviour, no I/O."""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from burla import protocol
+
+
+@dataclass
+class Node:
+    """One registered agent and the share of it that jobs hold."""
+
+    agent_id: str
+    peer: bytes
+    session: str
+    cpus: int
+    ram_gb: int
+    gpus: list[str]
+    image: str
+    python_version: str
+    last_seen: float
+    used_cpus: int = 0
+    used_ram_gb: int = 0
+    used_gpus: int = 0
+    functions: set[str] = field(default_factory=set)  # hashes this agent already holds
+
+    def describe(self) -> str:
+        gpus = f", {len(self.gpus)}x {self.gpus[0]}" if self.gpus else ""
+        image = f", image {self.image}" if self.image else ""
+        return (f"{self.agent_id} ({self.cpus} CPUs, {self.ram_gb} GB{gpus}{image}, "
+                f"Python {self.python_version})")
+
+
+@dataclass
+class Request:
+    """What each call of a job needs from a node."""
+
+    func_cpu: int
+    func_ram: int  # GB, 0 = dynamic
+    func_gpu: str | None
+    image: str | None
+    python_version: str
+
+    def slots_on(self, node: Node, *, free_only: bool) -> int:
+        cpus = node.cpus - (node.used_cpus if free_only else 0)
+        slots = cpus // self.func_cpu
+        if self.func_ram:
+            ram = node.ram_gb - (node.used_ram_gb if free_only else 0)
+            slots = min(slots, ram // self.func_ram)
+        if self.func_gpu:
+            gpus = node.gpus.count(self.func_gpu) - (node.used_gpus if free_only else 0)
+            slots = min(slots, gpus)
+        return max(0, slots)
+
+
+@dataclass
+class ChunkState:
+    """Consecutive inputs that travel and retry together."""
+
+    chunk_id: int
+    first_index: int
+    count: int
+    data: Any  # the pickled inputs, as received (bytes or zmq.Frame)
+    attempt: int = 0
+    reported: int = 0  # leading inputs whose results have been accepted
+    node: str = ""  # agent running it, "" while queued
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.data.buffer) if hasattr(self.data, "buffer") else len(self.data)
+
+
+@dataclass
+class Job:
+    job_id: str
+    owner: str
+    client: bytes
+    function_hash: str
+    function_name: str
+    request: Request
+    max_parallelism: int | None
+    detach: bool
+    parent_job: str | None
+    token: str  # lets calls of this job submit nested jobs as the same owner
+    submitted_at: float
+    client_seen: float
+    total: int | None = None  # known once every input is uploaded
+    uploaded: int = 0
+    done: int = 0
+    next_chunk_id: int = 0
+    pending: deque[ChunkState] = field(default_factory=deque)
+    inflight: dict[int, ChunkState] = field(default_factory=dict)
+    allocations: dict[str, int] = field(default_factory=dict)  # agent_id -> slots
+    credits: dict[str, int] = field(default_factory=dict)  # agent_id -> chunks it can take
+    seq: int = 0  # Results batches sent to the client
+    unacked: deque[tuple[int, int]] = field(default_factory=deque)  # (seq, nbytes)
+    unacked_bytes: int = 0
+    backlog: deque[protocol.Results] = field(default_factory=deque)
+    backlog_bytes: int = 0
+    duplicates: int = 0
+
+    @property
+    def slots(self) -> int:
+        return sum(self.allocations.values())
+
+    @property
+    def uploaded_all(self) -> bool:
+        return self.total is not None and self.uploaded >= self.total
+
+    @property
+    def finished(self) -> bool:
+        return self.total is not None and self.done >= self.total

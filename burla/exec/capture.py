@@ -1,0 +1,142 @@
+"""File-descriptor-level capture of an executor's stdout and stderr, tagged by input index.
+
+fds 1 and 2 become pipes, so output of C extensions and subprocesses is captured too. The
+runner marks the end of every input that printed with a separator written into the pipes; the
+reader (the executor's link thread) turns the byte stream into `[index, stream, text]` entries.
+This module never sends anything and never runs user code.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import io
+import os
+import struct
+import sys
+import termios
+import threading
+
+# Largest single log entry; a longer line is cut into pieces of this size.
+MAX_ENTRY_BYTES = 16 * 1024
+_FIONREAD_BUF = b"\0\0\0\0"
+
+
+def _pending_bytes(fd: int) -> int:
+    return int(struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, _FIONREAD_BUF))[0])
+
+
+class _StreamParser:
+    """Splits one pipe's bytes into lines, attributing them to input indexes via separators."""
+
+    def __init__(self, stream: int, separator: bytes) -> None:
+        self.stream = stream
+        self.separator = separator
+        self.buffer = b""
+        self.buffer_index = -1  # input that wrote the first byte still in `buffer`
+
+    def feed(self, data: bytes, running_index: int, out: list[list[object]]) -> bool:
+        """Parse `data`; True when it ends with output no separator has claimed yet."""
+        had_output = False
+        while data:
+            cut = data.find(self.separator)
+            if cut < 0:
+                had_output = True
+                self._append(data, running_index, out)
+                return had_output
+            end = data.find(b"\n", cut)
+            if end < 0:  # a separator never spans reads (one atomic pipe write), but be safe
+                end = len(data)
+            index = int(data[cut + len(self.separator) : end] or b"-1")
+            if cut:
+                self._append(data[:cut], index, out)
+            self._flush_partial(out)
+            data = data[end + 1 :]
+        return had_output
+
+    def _append(self, data: bytes, index: int, out: list[list[object]]) -> None:
+        if not self.buffer:
+            self.buffer_index = index
+        self.buffer += data
+        while True:
+            newline = self.buffer.find(b"\n")
+            if newline < 0 and len(self.buffer) < MAX_ENTRY_BYTES:
+                return
+            cut = newline + 1 if newline >= 0 else MAX_ENTRY_BYTES
+            cut = min(cut, MAX_ENTRY_BYTES)
+            line, self.buffer = self.buffer[:cut], self.buffer[cut:]
+            out.append([self.buffer_index, self.stream, line.decode("utf-8", "replace")])
+            if not self.buffer:
+                return
+            self.buffer_index = index
+
+    def _flush_partial(self, out: list[list[object]]) -> None:
+        if self.buffer:
+            out.append([self.buffer_index, self.stream, self.buffer.decode("utf-8", "replace")])
+            self.buffer = b""
+
+
+class Capture:
+    """Owns fds 1 and 2 of the executor. The runner calls `begin`/`end` around each input."""
+
+    def __init__(self) -> None:
+        self.separator = b"\0burla-" + os.urandom(6).hex().encode() + b":"
+        self._lock = threading.Lock()
+        self._dirty = False
+        self.running_index = -1
+        self.read_fds: list[int] = []
+        self._parsers: dict[int, _StreamParser] = {}
+        for stream in (1, 2):
+            read_fd, write_fd = os.pipe()
+            os.dup2(write_fd, stream)
+            os.close(write_fd)
+            os.set_blocking(read_fd, False)
+            self.read_fds.append(read_fd)
+            self._parsers[read_fd] = _StreamParser(stream, self.separator)
+        sys.stdout = io.TextIOWrapper(
+            io.FileIO(1, "w", closefd=False), encoding="utf-8", errors="replace",
+            line_buffering=True,
+        )
+        sys.stderr = io.TextIOWrapper(
+            io.FileIO(2, "w", closefd=False), encoding="utf-8", errors="replace",
+            line_buffering=True,
+        )
+
+    def begin(self, index: int) -> None:
+        self.running_index = index
+
+    def end(self, index: int) -> None:
+        """Mark the end of input `index`'s output, if it printed anything."""
+        sys.stdout.flush()
+        sys.stderr.flush()
+        with self._lock:
+            printed = (
+                self._dirty
+                or _pending_bytes(self.read_fds[0]) > 0
+                or _pending_bytes(self.read_fds[1]) > 0
+            )
+            self._dirty = False
+            if printed:
+                mark = self.separator + str(index).encode() + b"\n"
+                os.write(1, mark)
+                os.write(2, mark)
+
+    def read(self, fd: int, out: list[list[object]]) -> None:
+        """Read what `fd` holds now and append its entries to `out` (the link thread calls this)."""
+        with self._lock:
+            chunks = []
+            while True:
+                try:
+                    data = os.read(fd, 65536)
+                except BlockingIOError:
+                    break
+                if not data:
+                    break
+                chunks.append(data)
+            if not chunks:
+                return
+            if self._parsers[fd].feed(b"".join(chunks), self.running_index, out):
+                self._dirty = True
+
+    def read_all(self, out: list[list[object]]) -> None:
+        for fd in self.read_fds:
+            self.read(fd, out)

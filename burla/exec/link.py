@@ -1,0 +1,136 @@
+"""The executor's one I/O thread: the agent socket, the captured output pipes, the runner's outbox.
+
+The runner (main thread) runs user code and talks to this thread over an inproc pair. Before the
+thread forwards anything the runner sends, it drains the output pipes and sends their lines, so
+an input's log lines always reach the agent before its result. It never unpickles user data.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import zmq
+
+from burla import protocol, transport
+from burla.exec.capture import Capture
+
+# Longest a captured line waits before it is sent while a call is still running.
+LOG_FLUSH_SECONDS = 0.05
+# Most log bytes held in one Logs message.
+LOG_BATCH_BYTES = 256 * 1024
+# Entries held while the agent link is congested before lines are dropped (and counted).
+MAX_PENDING_ENTRIES = 50_000
+
+
+class AgentLink:
+    """Starts the I/O thread; `send`/`recv` are for the runner thread only."""
+
+    def __init__(self, endpoint: str, executor_id: str, capture: Capture) -> None:
+        self.ctx: zmq.Context[Any] = zmq.Context()
+        self.capture = capture
+        self.job_id = ""
+        self.dropped_lines = 0
+        self._runner_side = self.ctx.socket(zmq.PAIR)
+        self._thread_side = self.ctx.socket(zmq.PAIR)
+        address = f"inproc://runner-{executor_id}"
+        self._thread_side.bind(address)
+        self._runner_side.connect(address)
+        self._agent = transport.dealer_socket(self.ctx, endpoint, executor_id.encode())
+        self._entries: list[list[object]] = []
+        self._entries_since = 0.0
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, name="burla-link", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def send(self, msg: protocol.Message) -> None:
+        self._runner_side.send_multipart(protocol.encode(msg), copy=False)
+
+    def recv(self) -> protocol.Message:
+        return protocol.decode(self._runner_side.recv_multipart(copy=False))
+
+    def close(self) -> None:
+        self._stop = True
+        self._runner_side.send(b"")  # wakes the thread; an empty frame means "stop"
+        self._thread.join(timeout=2)
+
+    # --- the I/O thread ---------------------------------------------------------------------
+
+    def _run(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self._agent, zmq.POLLIN)
+        poller.register(self._thread_side, zmq.POLLIN)
+        for fd in self.capture.read_fds:
+            poller.register(fd, zmq.POLLIN)
+        while not self._stop:
+            timeout_ms = LOG_FLUSH_SECONDS * 1000 if self._entries else 1000
+            ready = dict(poller.poll(timeout_ms))
+            for fd in self.capture.read_fds:
+                if fd in ready:
+                    self._read(fd)
+            if self._agent in ready:
+                self._forward_incoming()
+            if self._thread_side in ready:
+                self._forward_outgoing()
+            if self._entries and time.monotonic() - self._entries_since >= LOG_FLUSH_SECONDS:
+                self._flush_logs()
+        self._flush_logs()
+        for sock in (self._agent, self._thread_side, self._runner_side):
+            sock.close(linger=0)
+
+    def _read(self, fd: int) -> None:
+        before = len(self._entries)
+        self.capture.read(fd, self._entries)
+        if before == 0 and self._entries:
+            self._entries_since = time.monotonic()
+        if len(self._entries) > MAX_PENDING_ENTRIES:
+            excess = len(self._entries) - MAX_PENDING_ENTRIES
+            del self._entries[:excess]
+            self.dropped_lines += excess
+
+    def _forward_incoming(self) -> None:
+        while True:
+            try:
+                frames = self._agent.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            self._thread_side.send_multipart(frames, copy=False)
+
+    def _forward_outgoing(self) -> None:
+        while True:
+            try:
+                frames = self._thread_side.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            if len(frames) == 1 and not frames[0].bytes:
+                self._stop = True
+                return
+            # Output printed before this message was sent belongs before it on the wire.
+            for fd in self.capture.read_fds:
+                self._read(fd)
+            self._flush_logs()
+            self._agent.send_multipart(frames, copy=False)
+
+    def _flush_logs(self) -> None:
+        while self._entries or self.dropped_lines:
+            batch, self._entries = _split_batch(self._entries)
+            dropped, self.dropped_lines = self.dropped_lines, 0
+            try:
+                transport.send_sync(self._agent, protocol.Logs(self.job_id, batch, dropped))
+            except transport.TransportError:
+                # The agent is not reading; losing lines beats blocking user code. Counted.
+                self.dropped_lines += len(batch) + dropped
+                return
+
+
+def _split_batch(entries: list[list[object]]) -> tuple[list[list[object]], list[list[object]]]:
+    """The longest prefix of `entries` under LOG_BATCH_BYTES (at least one entry), and the rest."""
+    size = 0
+    for position, entry in enumerate(entries):
+        size += len(str(entry[2]))
+        if size >= LOG_BATCH_BYTES:
+            return entries[: position + 1], entries[position + 1 :]
+    return entries, []
