@@ -1,0 +1,205 @@
+"""remote_parallel_map against real daemons on loopback: results, prints, errors, parallelism."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import traceback
+
+import pytest
+
+import burla
+from burla import remote_parallel_map
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def double_and_print(x):
+    print(f"working on {x}")
+    return x * 2
+
+
+def add(a, b):
+    return a + b
+
+
+def identity(x):
+    return x
+
+
+def slow_on_last(x):
+    if x == 4:
+        time.sleep(3)
+    return x
+
+
+def fail_on_seven(x):
+    if x == 7:
+        raise KeyError(f"no key {x}")
+    return x
+
+
+class Unpicklable(Exception):
+    def __init__(self, a, b):  # two required args: pickle cannot rebuild it
+        super().__init__(f"{a}/{b}")
+        self.lock = __import__("threading").Lock()
+
+
+def raise_unpicklable(x):
+    raise Unpicklable(x, "b")
+
+
+def fd_and_subprocess_output(x):
+    os.write(1, f"fd-level {x}\n".encode())
+    os.write(2, f"fd-stderr {x}\n".encode())
+    subprocess.run(["echo", f"from-subprocess {x}"], check=True)
+    return x
+
+
+def interval(x):
+    start = time.time()
+    time.sleep(0.3)
+    return (start, time.time())
+
+
+def nested(x):
+    from burla import remote_parallel_map as inner
+
+    return sum(inner(identity, [x, x + 1, x + 2], spinner=False))
+
+
+def test_round_trip_100_inputs_with_100_printed_lines(cluster, capsys):
+    results = remote_parallel_map(double_and_print, list(range(100)), spinner=False)
+    assert results == [x * 2 for x in range(100)]
+    printed = capsys.readouterr().out.splitlines()
+    assert sorted(printed) == sorted(f"working on {x}" for x in range(100))
+
+
+def test_empty_inputs_touch_no_cluster(monkeypatch):
+    monkeypatch.setenv("BURLA_CLUSTER", "tcp://127.0.0.1:1")  # nothing listens there
+    started = time.monotonic()
+    assert remote_parallel_map(identity, []) == []
+    assert remote_parallel_map(identity, iter([])) == []
+    assert list(remote_parallel_map(identity, (x for x in []), generator=True)) == []
+    assert time.monotonic() - started < 5
+
+
+def test_tuples_unpack_and_lists_do_not(cluster):
+    assert remote_parallel_map(add, [(1, 2), (3, 4)], spinner=False) == [3, 7]
+    assert remote_parallel_map(len, [[1, 2], [3, 4, 5]], spinner=False) == [2, 3]
+
+
+def test_generator_yields_first_result_before_slow_last_ends(cluster):
+    started = time.monotonic()
+    results = remote_parallel_map(slow_on_last, [1, 2, 3, 4], generator=True, spinner=False)
+    first = next(results)
+    first_at = time.monotonic() - started
+    rest = list(results)
+    total = time.monotonic() - started
+    assert sorted([first, *rest]) == [1, 2, 3, 4]
+    assert rest[-1] == 4  # completion order: the slow one last
+    assert first_at < total - 1.5, (first_at, total)
+
+
+def test_exception_at_input_7_has_type_index_note_and_remote_frame(cluster):
+    with pytest.raises(KeyError) as caught:
+        remote_parallel_map(fail_on_seven, list(range(20)), spinner=False)
+    exc = caught.value
+    assert exc.burla_input_index == 7
+    assert "[burla] failed on input index 7" in exc.__notes__
+    frames = [frame.name for frame in traceback.extract_tb(exc.__traceback__)]
+    assert "fail_on_seven" in frames
+
+
+def test_unpicklable_exception_becomes_remote_error(cluster):
+    with pytest.raises(burla.RemoteError) as caught:
+        remote_parallel_map(raise_unpicklable, [5], spinner=False)
+    err = caught.value
+    assert err.type_name == "Unpicklable"
+    assert "5/b" in err.remote_message
+    assert "raise_unpicklable" in err.remote_traceback
+    assert err.burla_input_index == 0
+
+
+def test_fd_level_and_subprocess_output_is_captured(cluster, capfd):
+    assert remote_parallel_map(fd_and_subprocess_output, [1, 2], spinner=False) == [1, 2]
+    out, err = capfd.readouterr()
+    for x in (1, 2):
+        assert f"fd-level {x}" in out
+        assert f"from-subprocess {x}" in out
+        assert f"fd-stderr {x}" in err
+
+
+def _overlaps(intervals):
+    ordered = sorted(intervals)
+    return any(b[0] < a[1] for a, b in zip(ordered, ordered[1:]))
+
+
+def test_max_parallelism_1_never_overlaps_while_uncapped_does(cluster):
+    capped = remote_parallel_map(interval, range(4), max_parallelism=1, spinner=False)
+    assert not _overlaps(capped)
+    uncapped = remote_parallel_map(interval, range(4), spinner=False)
+    assert _overlaps(uncapped)
+
+
+def test_too_big_function_names_it(cluster):
+    blob = os.urandom(101 * 1024 * 1024)
+
+    def closes_over_blob(x):
+        return len(blob) + x
+
+    with pytest.raises(burla.FunctionTooBig, match="closes_over_blob"):
+        remote_parallel_map(closes_over_blob, [1], spinner=False)
+
+
+def test_too_big_input_names_its_index(cluster):
+    big = b"x" * (201 * 1024 * 1024)
+    with pytest.raises(burla.InputTooBig, match="index 2") as caught:
+        remote_parallel_map(len, [b"a", b"b", big], spinner=False)
+    assert caught.value.index == 2
+
+
+def test_nested_calls_work(cluster):
+    assert remote_parallel_map(nested, [0, 10], spinner=False) == [3, 33]
+
+
+@pytest.mark.timeout(120)
+def test_lazy_generator_of_a_million_inputs_with_bounded_memory(cluster):
+    script = (
+        "import resource\n"
+        "from burla import remote_parallel_map\n"
+        "def f(x): return x\n"
+        "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "total = sum(remote_parallel_map(f, (i for i in range(1_000_000)), generator=True,"
+        " spinner=False))\n"
+        "peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "print(total, (peak - base) // 1024)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          env={**os.environ, **cluster.env()}, timeout=110)
+    assert done.returncode == 0, done.stderr
+    total, growth_mb = map(int, done.stdout.split())
+    assert total == sum(range(1_000_000))
+    assert growth_mb < 100, f"client memory grew {growth_mb} MB for a lazy generator"
+
+
+def test_two_processes_jobs_never_mix(cluster):
+    script = (
+        "import sys\n"
+        "from burla import remote_parallel_map\n"
+        "tag = sys.argv[1]\n"
+        "def f(x): return (tag, x)\n"
+        "out = remote_parallel_map(f, range(3000), spinner=False)\n"
+        "assert out == [(tag, x) for x in range(3000)], 'mixed or wrong results'\n"
+        "print('ok', tag)\n"
+    )
+    env = {**os.environ, **cluster.env()}
+    procs = [subprocess.Popen([sys.executable, "-c", script, tag], env=env, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+             for tag in ("alpha", "beta")]
+    for proc, tag in zip(procs, ("alpha", "beta")):
+        out, err = proc.communicate(timeout=50)
+        assert proc.returncode == 0, err
+        assert out.strip() == f"ok {tag}"

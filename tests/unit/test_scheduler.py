@@ -1,0 +1,171 @@
+"""The coordinator's scheduler driven by plain events: no sockets, no clock, no sleeps."""
+
+from __future__ import annotations
+
+import pytest
+
+from burla import protocol
+from burla.coordinator import scheduler as sched
+from burla.coordinator.scheduler import Scheduler
+
+CLIENT = b"client-1"
+NOW = 100.0
+
+
+def hello(agent_id: str, cpus: int = 2, **info) -> protocol.Hello:
+    return protocol.Hello("agent", protocol.PROTOCOL_VERSION, "x", "t", "s",
+                          {"agent_id": agent_id, "cpus": cpus, "ram_gb": 8, "gpus": [],
+                           "image": "", "python_version": "3.11", **info})
+
+
+def submit(job_id: str = "job", max_parallelism: int | None = None, parent: str | None = None,
+           func_cpu: int = 1) -> protocol.Submit:
+    return protocol.Submit(job_id, "hash", "f", func_cpu, 0, None, None, max_parallelism, False,
+                           False, -1, "3.11", parent, b"function")
+
+
+def sent(out, kind, peer=None):
+    return [m for p, m in out if isinstance(m, kind) and (peer is None or p == peer)]
+
+
+def results(job, chunk, first, count, attempt=0, done=True):
+    return protocol.Results(job, chunk, attempt, first, count, [], [1] * count, done, 0,
+                            b"r" * count)
+
+
+@pytest.fixture
+def two_nodes() -> Scheduler:
+    s = Scheduler(b"secret")
+    s.add_node(b"agent-a", hello("a"), NOW)
+    s.add_node(b"agent-b", hello("b"), NOW)
+    return s
+
+
+def test_max_parallelism_caps_slots_across_nodes(two_nodes):
+    out = two_nodes.submit(CLIENT, "me", submit(max_parallelism=3), NOW)
+    assigns = sent(out, protocol.Assign)
+    assert sum(a.slots for a in assigns) == 3
+    assert sent(out, protocol.Accept)[0].parallelism == 3
+    assert assigns[0].function == b"function"  # the first assign carries the function
+
+
+def test_chunks_go_only_against_credit(two_nodes):
+    two_nodes.submit(CLIENT, "me", submit(max_parallelism=1), NOW)
+    job = two_nodes.jobs["job"]
+    for i in range(3):
+        assert not sent(two_nodes.add_inputs(job, protocol.InputChunk("job", i, 1, b"x")),
+                        protocol.Chunk)
+    node = two_nodes.nodes[next(iter(job.allocations))]
+    out = two_nodes.credit(node, protocol.Credit("job", 2))
+    chunks = sent(out, protocol.Chunk, node.peer)
+    assert [c.first_index for c in chunks] == [0, 1]
+    assert sum(u.nbytes for u in sent(out, protocol.UploadCredit, CLIENT)) == 2
+    # A finished chunk returns one credit, which the third chunk uses.
+    out = two_nodes.results(node, results("job", 0, 0, 1))
+    assert [c.first_index for c in sent(out, protocol.Chunk)] == [2]
+
+
+def test_lost_node_requeues_and_fences_late_results(two_nodes):
+    two_nodes.submit(CLIENT, "me", submit(max_parallelism=1), NOW)
+    job = two_nodes.jobs["job"]
+    two_nodes.add_inputs(job, protocol.InputChunk("job", 0, 4, b"xxxx"))
+    first = two_nodes.nodes[next(iter(job.allocations))]
+    two_nodes.credit(first, protocol.Credit("job", 1))
+    # Two of four results arrive, then the node goes silent.
+    out = two_nodes.results(first, results("job", 0, 0, 2, done=False))
+    assert sent(out, protocol.Results, CLIENT)[0].count == 2
+    for node in two_nodes.nodes.values():
+        node.last_seen = NOW + 10 if node is not first else NOW
+    out = two_nodes.expire(NOW + 10, {CLIENT: NOW + 10})
+    assert first.agent_id not in two_nodes.nodes
+    other = next(iter(two_nodes.nodes.values()))
+    assert sent(out, protocol.Assign, other.peer)
+    out = two_nodes.credit(other, protocol.Credit("job", 1))
+    retry = sent(out, protocol.Chunk, other.peer)[0]
+    assert (retry.attempt, retry.skip) == (1, 2)
+    assert not sent(out, protocol.UploadCredit)  # a retry was paid for already
+    # The new attempt resends an overlapping result: only the two new ones go to the client.
+    out = two_nodes.results(other, results("job", 0, 1, 3, attempt=1))
+    delivered = sent(out, protocol.Results, CLIENT)[0]
+    assert (delivered.first_index, delivered.count) == (2, 2)
+    assert job.done == 4 and job.duplicates == 1
+
+
+def test_stale_attempt_results_are_dropped(two_nodes):
+    two_nodes.submit(CLIENT, "me", submit(max_parallelism=1), NOW)
+    job = two_nodes.jobs["job"]
+    two_nodes.add_inputs(job, protocol.InputChunk("job", 0, 1, b"x"))
+    node = two_nodes.nodes[next(iter(job.allocations))]
+    two_nodes.credit(node, protocol.Credit("job", 1))
+    assert not two_nodes.results(node, results("job", 0, 0, 1, attempt=5))
+    assert job.done == 0 and job.duplicates == 1
+
+
+def test_result_window_holds_back_until_ack(two_nodes, monkeypatch):
+    monkeypatch.setattr(sched, "RESULT_WINDOW_BYTES", 2)
+    two_nodes.submit(CLIENT, "me", submit(max_parallelism=1), NOW)
+    job = two_nodes.jobs["job"]
+    two_nodes.add_inputs(job, protocol.InputChunk("job", 0, 3, b"xxx"))
+    node = two_nodes.nodes[next(iter(job.allocations))]
+    two_nodes.credit(node, protocol.Credit("job", 1))
+    out = two_nodes.results(node, results("job", 0, 0, 2, done=False))
+    assert sent(out, protocol.Results, CLIENT)
+    out = two_nodes.results(node, results("job", 0, 2, 1))
+    assert not sent(out, protocol.Results, CLIENT)  # window full: held in the backlog
+    out = two_nodes.ack(job, protocol.Ack("job", 1))
+    assert sent(out, protocol.Results, CLIENT)[0].first_index == 2
+
+
+def test_finished_inputs_release_slots_to_a_waiting_job():
+    s = Scheduler(b"secret")
+    s.add_node(b"agent-a", hello("a", cpus=1), NOW)
+    s.submit(CLIENT, "me", submit("one"), NOW)
+    out = s.submit(b"client-2", "me", submit("two"), NOW)
+    assert sent(out, protocol.Accept)[0].parallelism == 0  # queued: no free CPU
+    one = s.jobs["one"]
+    s.add_inputs(one, protocol.InputChunk("one", 0, 1, b"x"))
+    s.inputs_done(one, protocol.InputsDone("one", 1))
+    node = s.nodes["a"]
+    s.credit(node, protocol.Credit("one", 1))
+    out = s.results(node, results("one", 0, 0, 1))
+    assert sent(out, protocol.Release)[0].job_id == "one"
+    assert sent(out, protocol.Assign)[0].job_id == "two"
+
+
+def test_nested_job_borrows_a_slot_when_all_are_taken():
+    s = Scheduler(b"secret")
+    s.add_node(b"agent-a", hello("a", cpus=1), NOW)
+    s.submit(CLIENT, "me", submit("parent"), NOW)
+    out = s.submit(b"client-2", "me", submit("child", parent="parent"), NOW)
+    assert sent(out, protocol.Accept)[0].parallelism == 1
+
+
+def test_silent_client_cancels_attached_job(two_nodes):
+    two_nodes.submit(CLIENT, "me", submit(), NOW)
+    out = two_nodes.expire(NOW + 6, {CLIENT: NOW})
+    assert "job" not in two_nodes.jobs
+    assert all(r.kill for r in sent(out, protocol.Release))
+    assert all(n.used_cpus == 0 for n in two_nodes.nodes.values())
+
+
+def test_submit_is_idempotent(two_nodes):
+    two_nodes.submit(CLIENT, "me", submit(max_parallelism=2), NOW)
+    out = two_nodes.submit(CLIENT, "me", submit(max_parallelism=2), NOW)
+    assert sent(out, protocol.Accept)[0].parallelism == 2
+    assert not sent(out, protocol.Assign)
+
+
+def test_unknown_function_hash_is_asked_for(two_nodes):
+    msg = submit()
+    msg = protocol.Submit(*[getattr(msg, f) for f in msg._header], b"")
+    assert sent(two_nodes.submit(CLIENT, "me", msg, NOW), protocol.NeedFunction)
+
+
+def test_incompatible_python_is_refused_with_both_versions(two_nodes):
+    msg = submit()
+    fields = {name: getattr(msg, name) for name in msg._header}
+    fields["python_version"] = "3.9"
+    out = two_nodes.submit(CLIENT, "me", protocol.Submit(**fields, function=b"f"), NOW)
+    refusal = sent(out, protocol.Refuse)[0]
+    assert refusal.kind == "no_compatible_nodes:python"
+    assert "3.9" in refusal.message and "3.11" in refusal.message
