@@ -9,7 +9,6 @@ them. This module must not import any role.
 from __future__ import annotations
 
 import dataclasses
-import typing
 from collections.abc import Callable
 from typing import Any, ClassVar, TypeVar, Union
 
@@ -61,10 +60,9 @@ def _allowed_types(annotation: str) -> tuple[type, ...]:
 
 
 def message(op: str) -> Callable[[M], M]:
-    """Register a message class under `op`; fields annotated `Blob` travel as their own frames."""
+    """Register a message dataclass under `op`; fields annotated `Blob` travel as own frames."""
 
     def register(cls: M) -> M:
-        cls = dataclasses.dataclass(frozen=True, slots=True)(cls)  # type: ignore[assignment]
         header, types, blobs = [], [], []
         for field in dataclasses.fields(cls):
             annotation = str(field.type)
@@ -131,6 +129,7 @@ def message_types() -> dict[str, type[Message]]:
 
 
 @message("hello")
+@dataclasses.dataclass(frozen=True, slots=True)
 class Hello(Message):
     """First message on every connection. `role` is client, agent or executor."""
 
@@ -143,6 +142,7 @@ class Hello(Message):
 
 
 @message("welcome")
+@dataclasses.dataclass(frozen=True, slots=True)
 class Welcome(Message):
     """The coordinator (or agent) accepted a Hello; `info` describes the answering side."""
 
@@ -153,6 +153,7 @@ class Welcome(Message):
 
 
 @message("refuse")
+@dataclasses.dataclass(frozen=True, slots=True)
 class Refuse(Message):
     """A typed refusal. `kind` names the burla error the client raises (see client.errors)."""
 
@@ -162,11 +163,13 @@ class Refuse(Message):
 
 
 @message("ping")
+@dataclasses.dataclass(frozen=True, slots=True)
 class Ping(Message):
     """Heartbeat; any message counts, this one is sent only on an otherwise idle link."""
 
 
 @message("shutdown")
+@dataclasses.dataclass(frozen=True, slots=True)
 class Shutdown(Message):
     """Stop cleanly: coordinator to agents, agent to executors, CLI to a daemon."""
 
@@ -174,11 +177,13 @@ class Shutdown(Message):
 
 
 @message("status_request")
+@dataclasses.dataclass(frozen=True, slots=True)
 class StatusRequest(Message):
     """Ask the coordinator for nodes, slots and jobs (the CLI's `burla status`)."""
 
 
 @message("status_reply")
+@dataclasses.dataclass(frozen=True, slots=True)
 class StatusReply(Message):
     info: dict[str, Any]
 
@@ -187,6 +192,7 @@ class StatusReply(Message):
 
 
 @message("submit")
+@dataclasses.dataclass(frozen=True, slots=True)
 class Submit(Message):
     """Start a job. `function` is empty when the client believes the coordinator has the hash.
 
@@ -210,6 +216,7 @@ class Submit(Message):
 
 
 @message("need_function")
+@dataclasses.dataclass(frozen=True, slots=True)
 class NeedFunction(Message):
     """The coordinator lacks the submitted function hash: resend Submit with the bytes."""
 
@@ -217,6 +224,7 @@ class NeedFunction(Message):
 
 
 @message("accept")
+@dataclasses.dataclass(frozen=True, slots=True)
 class Accept(Message):
     """Job accepted with `parallelism` slots granted; `upload_window` bytes may be sent now."""
 
@@ -226,6 +234,7 @@ class Accept(Message):
 
 
 @message("input_chunk")
+@dataclasses.dataclass(frozen=True, slots=True)
 class InputChunk(Message):
     """Inputs `first_index .. first_index+count-1`, as one pickled list."""
 
@@ -236,6 +245,7 @@ class InputChunk(Message):
 
 
 @message("inputs_done")
+@dataclasses.dataclass(frozen=True, slots=True)
 class InputsDone(Message):
     """Every input has been sent; `total` is the job's input count."""
 
@@ -244,6 +254,7 @@ class InputsDone(Message):
 
 
 @message("upload_credit")
+@dataclasses.dataclass(frozen=True, slots=True)
 class UploadCredit(Message):
     """The coordinator frees `nbytes` more of the client's upload window."""
 
@@ -252,6 +263,7 @@ class UploadCredit(Message):
 
 
 @message("results")
+@dataclasses.dataclass(frozen=True, slots=True)
 class Results(Message):
     """Results for inputs `first_index .. first_index+count-1`, consecutive and in order.
 
@@ -273,6 +285,7 @@ class Results(Message):
 
 
 @message("logs")
+@dataclasses.dataclass(frozen=True, slots=True)
 class Logs(Message):
     """Captured output lines: `entries` are [input index, stream (1 or 2), text]."""
 
@@ -282,6 +295,7 @@ class Logs(Message):
 
 
 @message("ack")
+@dataclasses.dataclass(frozen=True, slots=True)
 class Ack(Message):
     """The client holds every Results batch up to and including `seq`."""
 
@@ -290,12 +304,14 @@ class Ack(Message):
 
 
 @message("cancel")
+@dataclasses.dataclass(frozen=True, slots=True)
 class Cancel(Message):
     job_id: str
     reason: str
 
 
 @message("progress")
+@dataclasses.dataclass(frozen=True, slots=True)
 class Progress(Message):
     """Calls of the job running right now (for the spinner)."""
 
@@ -304,6 +320,7 @@ class Progress(Message):
 
 
 @message("job_failed")
+@dataclasses.dataclass(frozen=True, slots=True)
 class JobFailed(Message):
     """The job ended without all results; `kind` names the burla error to raise."""
 
@@ -316,6 +333,7 @@ class JobFailed(Message):
 
 
 @message("assign")
+@dataclasses.dataclass(frozen=True, slots=True)
 class Assign(Message):
     """Run `slots` executors for a job on this agent; `function` empty if the agent has it."""
 
@@ -331,6 +349,7 @@ class Assign(Message):
 
 
 @message("credit")
+@dataclasses.dataclass(frozen=True, slots=True)
 class Credit(Message):
     """The agent can take `chunks` more chunks of the job."""
 
@@ -339,6 +358,7 @@ class Credit(Message):
 
 
 @message("chunk")
+@dataclasses.dataclass(frozen=True, slots=True)
 class Chunk(Message):
     """Run inputs `first_index .. first_index+count-1`, skipping the first `skip` (a retry)."""
 
@@ -352,6 +372,7 @@ class Chunk(Message):
 
 
 @message("release")
+@dataclasses.dataclass(frozen=True, slots=True)
 class Release(Message):
     """The job is over on this agent; `kill` stops its running calls (cancel)."""
 
@@ -363,6 +384,7 @@ class Release(Message):
 
 
 @message("load")
+@dataclasses.dataclass(frozen=True, slots=True)
 class Load(Message):
     """Executor: run chunks of `job_id` with this function (and environment) from now on."""
 

@@ -26,7 +26,7 @@ def request(address: ClusterAddress, msg: protocol.Message) -> protocol.Message:
         transport.send_sync(sock, protocol.Hello("client", protocol.PROTOCOL_VERSION, __version__,
                                                  address.token, "admin", {"pid": os.getpid()}))
         transport.send_sync(sock, msg)
-        while sock.poll(REQUEST_TIMEOUT_SECONDS * 1000):
+        while sock.poll(int(REQUEST_TIMEOUT_SECONDS * 1000)):
             _, answer = transport.recv_sync(sock)
             if isinstance(answer, protocol.Refuse):
                 raise error_for(answer.kind, answer.message)

@@ -176,7 +176,8 @@ def stop(timeout: float = 10.0) -> bool:
     info = read_info()
     if not info:
         return False
-    pids = [pid for pid in (info.get("agent_pid"), info.get("coordinator_pid")) if is_alive(pid)]
+    pids = [int(pid) for pid in (info.get("agent_pid"), info.get("coordinator_pid"))
+            if pid and is_alive(pid)]
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)

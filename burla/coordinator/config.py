@@ -1,4 +1,4 @@
-"""The coordinator's settings, built once by the CLI and passed down; nothing reads them globally."""
+"""The coordinator's settings, built once by the CLI and passed down; never read globally."""
 
 from __future__ import annotations
 

@@ -249,7 +249,8 @@ class Scheduler:
     def results(self, node: Node, msg: protocol.Results) -> Out:
         job = self.jobs.get(msg.job_id)
         chunk = job.inflight.get(msg.chunk_id) if job else None
-        if job is None or chunk is None or chunk.attempt != msg.attempt or chunk.node != node.agent_id:
+        stale = chunk is None or chunk.attempt != msg.attempt or chunk.node != node.agent_id
+        if job is None or chunk is None or stale:
             if job is not None:
                 job.duplicates += msg.count
             return []

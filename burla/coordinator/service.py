@@ -14,6 +14,7 @@ import os
 import signal
 import time
 from collections.abc import Callable
+from typing import Any
 
 import structlog
 import zmq
@@ -33,7 +34,7 @@ class Coordinator:
     def __init__(self, config: CoordinatorConfig) -> None:
         self.config = config
         self.session = os.urandom(6).hex()
-        self.ctx: zmq.Context[object] = zmq.Context()
+        self.ctx: zmq.Context[Any] = zmq.Context()
         self.scheduler = Scheduler(os.urandom(32))
         self.clients: dict[bytes, str] = {}  # peer -> owner, after a good Hello
         self.client_seen: dict[bytes, float] = {}

@@ -66,7 +66,7 @@ class AgentLink:
         for fd in self.capture.read_fds:
             poller.register(fd, zmq.POLLIN)
         while not self._stop:
-            timeout_ms = LOG_FLUSH_SECONDS * 1000 if self._entries else 1000
+            timeout_ms = int(LOG_FLUSH_SECONDS * 1000) if self._entries else 1000
             ready = dict(poller.poll(timeout_ms))
             for fd in self.capture.read_fds:
                 if fd in ready:

@@ -110,7 +110,8 @@ class Runner:
             batch_bytes += len(blob)
             now = time.monotonic()
             last = position == chunk.count - 1
-            if last or batch_bytes >= RESULT_FLUSH_BYTES or now - flushed_at >= RESULT_FLUSH_SECONDS:
+            full = batch_bytes >= RESULT_FLUSH_BYTES
+            if last or full or now - flushed_at >= RESULT_FLUSH_SECONDS:
                 self.link.send(
                     protocol.Results(
                         chunk.job_id, chunk.chunk_id, chunk.attempt, first, len(sizes),
