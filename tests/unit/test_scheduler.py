@@ -169,3 +169,15 @@ def test_incompatible_python_is_refused_with_both_versions(two_nodes):
     refusal = sent(out, protocol.Refuse)[0]
     assert refusal.kind == "no_compatible_nodes:python"
     assert "3.9" in refusal.message and "3.11" in refusal.message
+
+
+def test_function_crosses_to_each_node_once():
+    s = Scheduler(b"secret")
+    s.add_node(b"agent-a", hello("a", cpus=1), NOW)
+    first = sent(s.submit(CLIENT, "me", submit("one"), NOW), protocol.Assign)[0]
+    s.cancel("one", None, "done")
+    again = submit("two")
+    fields = {name: getattr(again, name) for name in again._header}
+    out = s.submit(b"client-2", "me", protocol.Submit(**fields, function=b""), NOW)
+    second = sent(out, protocol.Assign)[0]
+    assert first.function == b"function" and second.function == b""
