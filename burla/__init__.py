@@ -22,7 +22,7 @@ from burla.errors import (  # noqa: E402
 def __getattr__(name: str) -> object:
     # The client pulls in zmq and cloudpickle; daemons that import `burla` for __version__
     # should not pay for it, so the API is loaded on first use.
-    if name == "remote_parallel_map":
+    if name in ("remote_parallel_map", "attach"):
         from burla.client import api
 
         return getattr(api, name)
@@ -32,6 +32,7 @@ def __getattr__(name: str) -> object:
 __all__ = [
     "__version__",
     "remote_parallel_map",
+    "attach",
     "BurlaError",
     "ClusterUnreachable",
     "FunctionTooBig",

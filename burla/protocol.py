@@ -226,11 +226,15 @@ class NeedFunction(Message):
 @message("accept")
 @dataclasses.dataclass(frozen=True, slots=True)
 class Accept(Message):
-    """Job accepted with `parallelism` slots granted; `upload_window` bytes may be sent now."""
+    """Job accepted with `parallelism` slots granted; `upload_window` bytes may be sent now.
+
+    `total` is the input count when the coordinator knows it (an attach), else -1.
+    """
 
     job_id: str
     parallelism: int
     upload_window: int
+    total: int
 
 
 @message("input_chunk")
@@ -301,6 +305,31 @@ class Ack(Message):
 
     job_id: str
     seq: int
+
+
+@message("attach")
+@dataclasses.dataclass(frozen=True, slots=True)
+class Attach(Message):
+    """Collect a (detached) job from this connection: its stored results, then live ones."""
+
+    job_id: str
+
+
+@message("stored")
+@dataclasses.dataclass(frozen=True, slots=True)
+class Stored(Message):
+    """Every input of a detached job is in the coordinator's store; the client may leave."""
+
+    job_id: str
+    total: int
+
+
+@message("job_logs_request")
+@dataclasses.dataclass(frozen=True, slots=True)
+class JobLogsRequest(Message):
+    """Ask for the stored output lines of a detached job (answered with StatusReply)."""
+
+    job_id: str
 
 
 @message("cancel")

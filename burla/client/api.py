@@ -65,6 +65,25 @@ def remote_parallel_map(
     return _collect(session, display)
 
 
+def attach(
+    job_id: str, generator: bool = False, spinner: bool = True, api_key: str | None = None
+) -> list[Any] | Generator[Any, None, None]:
+    """Collect a detached job: wait for it if still running, then return what
+    `remote_parallel_map` would have (the list in input order, or a generator), exceptions
+    included. Ctrl-C stops waiting and leaves the job running.
+    """
+    if not isinstance(job_id, str) or not job_id:
+        raise ValueError(f"job_id must be the id printed when the job was detached, "
+                         f"got {job_id!r}")
+    address = configured_cluster(api_key) or local_cluster.ensure_running()
+    display = Display(spinner, f"job {job_id}")
+    session = JobSession(address, None, None, display.write_logs, CONNECT_TIMEOUT_SECONDS,
+                         attach_job_id=job_id)
+    if generator:
+        return _stream(session, display)
+    return _collect(session, display)
+
+
 def _empty() -> Generator[Any, None, None]:
     yield from ()
 
@@ -158,14 +177,14 @@ def _events(session: JobSession, display: Display) -> Generator[tuple[int, Any],
                 display.update()
                 continue
             if kind == "results":
-                seq, items = payload
+                generation, seq, items = payload
                 for index, ok, value in items:
                     if not ok:
                         session.cancel(f"input {index} raised {type(value).__name__}")
                         raise _with_remote_traceback(value, index)
                     received += 1
                     yield index, value
-                session.consumed(seq)
+                session.consumed(generation, seq)
                 display.update(done=received)
             elif kind == "total":
                 total = payload
@@ -175,6 +194,11 @@ def _events(session: JobSession, display: Display) -> Generator[tuple[int, Any],
             elif kind == "error":
                 raise payload
     except KeyboardInterrupt:
+        if session.detached:
+            session.leave()
+            print(f"[burla] stopped waiting; job {session.job_id} keeps running: collect the "
+                  f"results later with burla.attach('{session.job_id}')", file=sys.stderr)
+            raise
         session.cancel("Ctrl-C in the client")
         raise JobCanceled("the job was cancelled by Ctrl-C; its calls were stopped on the "
                           "cluster") from None
@@ -206,4 +230,4 @@ def _stream(session: JobSession, display: Display) -> Generator[Any, None, None]
             yield value
 
 
-__all__ = ["remote_parallel_map", "BurlaError"]
+__all__ = ["remote_parallel_map", "attach", "BurlaError"]

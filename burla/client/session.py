@@ -3,7 +3,8 @@
 The caller's thread only reads `events` and calls `consumed`/`cancel`; everything that touches
 the socket happens here, so uploading continues while the caller is busy with results. Log lines
 are written to the caller's stdout/stderr from this thread, in the order they arrive, and always
-before the result of the input that printed them.
+before the result of the input that printed them. A lost coordinator is reconnected to (and the
+embedded one restarted) with bounded backoff; unfinished chunks are uploaded again.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import queue
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -20,7 +22,9 @@ from typing import Any
 import zmq
 
 from burla import __version__, protocol, transport
+from burla.client import local_cluster
 from burla.client.chunking import Chunker
+from burla.client.ledger import Ledger
 from burla.client.results import decode_results, error_for
 from burla.config import PEER_TIMEOUT_SECONDS, PING_INTERVAL_SECONDS, ClusterAddress
 from burla.errors import ClusterUnreachable
@@ -29,7 +33,15 @@ from burla.errors import ClusterUnreachable
 UPLOADS_PER_TURN = 8
 # Function pickles up to this size ride in the first Submit; bigger ones wait to be asked for.
 INLINE_FUNCTION_BYTES = 256 * 1024
+# How long to keep trying to get a lost cluster back before ClusterUnreachable.
+RECONNECT_SECONDS = float(os.environ.get("BURLA_RECONNECT_TIMEOUT", "60"))
+# How often the embedded cluster's processes are checked (and restarted if dead).
+EMBEDDED_CHECK_SECONDS = 2.0
 _POLL_MS = 100
+
+
+class _Reconnect(Exception):
+    """The connection is gone; start a new one (carries why, for the error if that fails)."""
 
 
 @dataclass(frozen=True)
@@ -50,22 +62,25 @@ class JobSpec:
 
 class JobSession:
     """Events put on `events`: ("accepted", slots), ("progress", running), ("total", n),
-    ("results", [(index, ok, value), ...]), ("error", exception)."""
+    ("results", (generation, seq, [(index, ok, value), ...])), ("error", exception)."""
 
     def __init__(
         self,
         address: ClusterAddress,
-        spec: JobSpec,
-        chunker: Chunker,
+        spec: JobSpec | None,
+        chunker: Chunker | None,
         write_logs: Callable[[list[list[Any]]], None],
         connect_timeout: float,
+        attach_job_id: str = "",
     ) -> None:
         self.address = address
         self.spec = spec
+        self.job_id = spec.job_id if spec is not None else attach_job_id
         self.chunker = chunker
         self.write_logs = write_logs
         self.connect_timeout = connect_timeout
         self.events: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+        self.ledger = Ledger()
         self._ctx: zmq.Context[Any] = zmq.Context.instance()
         self._wake_address = f"inproc://burla-wake-{uuid.uuid4().hex}"
         self._wake_rx = self._ctx.socket(zmq.PAIR)
@@ -75,19 +90,44 @@ class JobSession:
         self._cancel_reason: str | None = None
         self._consumed_seq = 0
         self._thread = threading.Thread(target=self._run, name="burla-job", daemon=True)
+        self.sent_all = chunker is None  # an attach uploads nothing
+        self.total: int | None = None
+        self.resend: deque[tuple[int, int, bytes]] = deque()
+        self._last_sent = 0.0
+        self._done_sent = False
+        self.generation = 0
+        self._ack_lock = threading.Lock()
+        self._leaving = False
+        self.stored = False
 
     # --- the caller's side -----------------------------------------------------------------
 
     def start(self) -> None:
         self._thread.start()
 
-    def consumed(self, seq: int) -> None:
+    def consumed(self, generation: int, seq: int) -> None:
         """The caller holds every result batch up to `seq`; the window may move on."""
-        self._consumed_seq = max(self._consumed_seq, seq)
+        with self._ack_lock:
+            if generation == self.generation:
+                self._consumed_seq = max(self._consumed_seq, seq)
 
     def cancel(self, reason: str) -> None:
         """Cancel the job on the cluster and stop; waits briefly for the Cancel to leave."""
         self._cancel_reason = reason
+        try:
+            self._wake_tx.send(b"", flags=zmq.NOBLOCK)
+        except zmq.ZMQError:
+            pass
+        self._thread.join(timeout=2)
+
+    @property
+    def detached(self) -> bool:
+        """True when the job runs on without this process (attached to, or detached and stored)."""
+        return self.spec is None or (self.spec.detach and self.stored)
+
+    def leave(self) -> None:
+        """Stop following the job without cancelling it."""
+        self._leaving = True
         try:
             self._wake_tx.send(b"", flags=zmq.NOBLOCK)
         except zmq.ZMQError:
@@ -101,40 +141,71 @@ class JobSession:
     # --- the I/O thread --------------------------------------------------------------------
 
     def _run(self) -> None:
-        identity = f"client-{uuid.uuid4().hex}".encode()
-        sock = transport.dealer_socket(self._ctx, self.address.endpoint, identity)
         try:
-            self._serve(sock)
+            self._connect_and_serve()
         except Exception as exc:  # anything unexpected reaches the caller, never a hang
             self.events.put(("error", exc))
         finally:
-            # A closing Ack or Cancel must leave before the socket goes; a dead peer must not
-            # hold us, hence a bounded linger.
-            sock.close(linger=1000)
             self._wake_rx.close(linger=0)
 
-    def _serve(self, sock: zmq.Socket[Any]) -> None:
-        spec = self.spec
+    def _connect_and_serve(self) -> None:
+        lost_at = 0.0
+        tried: list[str] = []
+        first = True
+        while True:
+            identity = f"client-{uuid.uuid4().hex}".encode()
+            sock = transport.dealer_socket(self._ctx, self.address.endpoint, identity)
+            try:
+                self._serve(sock, first)
+                return
+            except _Reconnect as why:
+                first = False
+                now = time.monotonic()
+                lost_at = lost_at or now
+                tried.append(f"{self.address.endpoint}: {why}")
+                if now - lost_at > RECONNECT_SECONDS:
+                    raise ClusterUnreachable(
+                        f"lost the cluster and could not get it back in {RECONNECT_SECONDS:.0f}s "
+                        f"(BURLA_RECONNECT_TIMEOUT); tried: {'; '.join(tried[-5:])}"
+                    ) from None
+                time.sleep(min(2.0, 0.1 * 2 ** min(len(tried), 5)))
+                if self.address.embedded:
+                    self.address = local_cluster.ensure_running()
+            finally:
+                # A closing Ack or Cancel must leave before the socket goes; a dead peer must
+                # not hold us, hence a bounded linger.
+                sock.close(linger=1000)
+
+    def _serve(self, sock: zmq.Socket[Any], first: bool) -> None:
         self._send(sock, protocol.Hello("client", protocol.PROTOCOL_VERSION, __version__,
-                                        self.address.token, spec.job_id, {"pid": os.getpid()}))
-        inline = spec.function if len(spec.function) <= INLINE_FUNCTION_BYTES else b""
-        self._send(sock, self._submit(inline))
+                                        self.address.token, self.job_id, {"pid": os.getpid()}))
+        if self.spec is None:
+            self._send(sock, protocol.Attach(self.job_id))
+        else:
+            inline = len(self.spec.function) <= INLINE_FUNCTION_BYTES or not first
+            self._send(sock, self._submit(self.spec.function if inline else b""))
+            self.resend.extend(self.ledger.unfinished())  # after a reconnect: send again
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
         poller.register(self._wake_rx, zmq.POLLIN)
-        started = last_heard = time.monotonic()
-        self.welcomed = self.accepted = self.sent_all = False
-        self.window = self.acked_seq = self.received = self.last_seq = 0
-        self.total: int | None = None
+        started = last_heard = checked = time.monotonic()
+        self.welcomed = self.accepted = False
+        self.window = self.acked_seq = self.last_seq = 0
+        self._done_sent = False
+        with self._ack_lock:  # acks of batches from an earlier connection mean nothing here
+            self.generation += 1
+            self._consumed_seq = 0
         while True:
-            busy = self.accepted and not self.sent_all and self.window > 0
+            busy = self.accepted and (self.resend or not self.sent_all) and self.window > 0
             ready = dict(poller.poll(0 if busy else _POLL_MS))
             now = time.monotonic()
             if self._wake_rx in ready:
                 while self._wake_rx.poll(0):
                     self._wake_rx.recv()
+            if self._leaving:
+                return
             if self._cancel_reason is not None:
-                self._send(sock, protocol.Cancel(spec.job_id, self._cancel_reason))
+                self._send(sock, protocol.Cancel(self.job_id, self._cancel_reason))
                 return
             if sock in ready:
                 last_heard = now
@@ -142,28 +213,39 @@ class JobSession:
                     _, msg = transport.recv_sync(sock)
                     if self._handle(sock, msg):
                         return
-            if self.accepted and not self.sent_all:
+            if self.accepted:
                 self._upload(sock)
-            if self._consumed_seq > self.acked_seq:
+            if self._consumed_seq > self.acked_seq and self._consumed_seq <= self.last_seq:
                 self.acked_seq = self._consumed_seq
-                self._send(sock, protocol.Ack(spec.job_id, self.acked_seq))
-            if self.total is not None and self.received >= self.total:
-                self._send(sock, protocol.Ack(spec.job_id, self.last_seq))
+                self._send(sock, protocol.Ack(self.job_id, self.acked_seq))
+            if self.total is not None and self.ledger.received >= self.total:
+                self._send(sock, protocol.Ack(self.job_id, self.last_seq))
                 return
             if now - self._last_sent >= PING_INTERVAL_SECONDS:
                 self._send(sock, protocol.Ping())
-            limit = self.connect_timeout if not self.welcomed else PEER_TIMEOUT_SECONDS * 2
-            silent = now - (last_heard if self.welcomed else started)
-            if silent > limit:
-                what = "did not answer" if not self.welcomed else "went silent"
+            if self.address.embedded and now - checked > EMBEDDED_CHECK_SECONDS:
+                checked = now
+                if local_cluster.running_info() is None:
+                    raise _Reconnect("the embedded cluster stopped")
+            self._check_silence(now, started, last_heard, first)
+
+    def _check_silence(self, now: float, started: float, last_heard: float, first: bool) -> None:
+        if not self.welcomed:
+            silent = now - started
+            if silent > self.connect_timeout:
+                if not first:
+                    raise _Reconnect(f"no answer for {silent:.1f}s")
                 raise ClusterUnreachable(
                     f"the cluster at {self.address.endpoint} (chosen by {self.address.source}) "
-                    f"{what} for {silent:.1f}s. Check that it runs (`burla status`), or set "
-                    f"BURLA_CLUSTER / run `burla login` to use another."
+                    f"did not answer for {silent:.1f}s. Check that it runs (`burla status`), "
+                    f"or set BURLA_CLUSTER / run `burla login` to use another."
                 )
+        elif now - last_heard > PEER_TIMEOUT_SECONDS:
+            raise _Reconnect(f"silent for {now - last_heard:.1f}s")
 
     def _submit(self, function: bytes) -> protocol.Submit:
         spec = self.spec
+        assert spec is not None and self.chunker is not None
         return protocol.Submit(
             spec.job_id, spec.function_hash, spec.function_name, spec.func_cpu, spec.func_ram,
             spec.func_gpu, spec.image, spec.max_parallelism, spec.grow, spec.detach,
@@ -178,10 +260,7 @@ class JobSession:
     def _handle(self, sock: zmq.Socket[Any], msg: protocol.Message) -> bool:
         """React to one message; True when the session is over."""
         if isinstance(msg, protocol.Results):
-            items = decode_results(msg)
-            self.received += len(items)
-            self.last_seq = msg.seq
-            self.events.put(("results", (msg.seq, items)))
+            self._results(msg)
         elif isinstance(msg, protocol.Logs):
             self.write_logs(msg.entries)
             if msg.dropped:
@@ -196,26 +275,66 @@ class JobSession:
         elif isinstance(msg, protocol.Accept):
             self.accepted = True
             self.window = msg.upload_window
-            self.chunker.slots = max(1, msg.parallelism)
+            if self.chunker is not None:
+                self.chunker.slots = max(1, msg.parallelism)
+            if msg.total >= 0:
+                self._set_total(msg.total)
             self.events.put(("accepted", msg.parallelism))
+        elif isinstance(msg, protocol.Stored):
+            self.stored = True
+            self._set_total(msg.total)
+            if self.spec is not None and self.spec.detach:
+                self.write_logs([[-1, 1, f"[burla] all {msg.total} inputs of job {self.job_id} "
+                                         f"are stored on the cluster; it keeps running if this "
+                                         f"process exits: collect the results later with "
+                                         f"burla.attach('{self.job_id}')\n"]])
         elif isinstance(msg, protocol.NeedFunction):
+            assert self.spec is not None
             self._send(sock, self._submit(self.spec.function))
+        elif isinstance(msg, protocol.Refuse) and msg.kind == "unknown_peer":
+            raise _Reconnect("the coordinator no longer knew this connection")
         elif isinstance(msg, (protocol.Refuse, protocol.JobFailed)):
             self.events.put(("error", error_for(msg.kind, msg.message)))
             return True
         return False
 
+    def _results(self, msg: protocol.Results) -> None:
+        fresh = self.ledger.accept(msg.first_index, msg.count)
+        items = decode_results(msg)
+        if not all(fresh):
+            items = [item for item, new in zip(items, fresh) if new]
+        self.last_seq = msg.seq
+        self.events.put(("results", (self.generation, msg.seq, items)))
+
+    def _set_total(self, total: int) -> None:
+        if self.total is None:
+            self.total = total
+            self.events.put(("total", total))
+
     def _upload(self, sock: zmq.Socket[Any]) -> None:
         for _ in range(UPLOADS_PER_TURN):
-            if self.window <= 0:
-                return
-            chunk = self.chunker.next_chunk()
-            if chunk is None:
-                self.total = self.chunker.next_index
-                self.sent_all = True
-                self._send(sock, protocol.InputsDone(self.spec.job_id, self.total))
-                self.events.put(("total", self.total))
-                return
-            first, count, blob = chunk
+            piece = self._next_piece()
+            if piece is None:
+                break
+            first, count, blob = piece
             self.window -= len(blob)
-            self._send(sock, protocol.InputChunk(self.spec.job_id, first, count, blob))
+            self._send(sock, protocol.InputChunk(self.job_id, first, count, blob))
+        if self.sent_all and not self.resend and not self._done_sent and self.chunker:
+            self._done_sent = True
+            self._send(sock, protocol.InputsDone(self.job_id, self.chunker.next_index))
+
+    def _next_piece(self) -> tuple[int, int, bytes] | None:
+        """The next chunk to upload: unfinished ones again first, then fresh ones."""
+        if self.window <= 0:
+            return None
+        if self.resend:
+            return self.resend.popleft()
+        if self.sent_all or self.chunker is None:
+            return None
+        chunk = self.chunker.next_chunk()
+        if chunk is None:
+            self.sent_all = True
+            self._set_total(self.chunker.next_index)
+            return None
+        self.ledger.uploaded(*chunk)
+        return chunk

@@ -1,9 +1,9 @@
-"""The coordinator's decisions as pure, synchronous state: events in, messages out.
+"""The coordinator's decisions as synchronous state: events in, messages out.
 
 Every handler takes a decoded message (and the time, passed in) and returns `(peer, message)`
 pairs for the service to send. It allocates slots, dispatches chunks only against agent credit,
-relays results exactly once per index, and paces both the upload and the result stream. No
-sockets, no clock, no unpickling of user data.
+relays results exactly once per index, paces upload and results, and keeps detached jobs in the
+job store. No sockets, no clock, no unpickling of user data.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ import structlog
 from burla import protocol
 from burla.config import PEER_TIMEOUT_SECONDS
 from burla.coordinator import placement
+from burla.coordinator.delivery import ResultStream
+from burla.coordinator.jobstore import JobStore, StoredJob
 from burla.coordinator.state import ChunkState, Job, Node, Request
 
 log = structlog.get_logger("burla.coordinator")
@@ -26,15 +28,14 @@ Out = list[tuple[bytes, protocol.Message]]
 
 # Input bytes a client may have uploaded but not yet dispatched (its upload window).
 UPLOAD_WINDOW_BYTES = 64 * 1024 * 1024
-# Result bytes sent to a client but not yet acknowledged.
-RESULT_WINDOW_BYTES = 32 * 1024 * 1024
 # Result bytes held for a slow client before dispatch of new chunks pauses.
 MAX_BACKLOG_BYTES = 64 * 1024 * 1024
 
 
 class Scheduler:
-    def __init__(self, secret: bytes) -> None:
+    def __init__(self, secret: bytes, store: JobStore | None = None) -> None:
         self.secret = secret
+        self.store = store or JobStore(":memory:")
         self.nodes: dict[str, Node] = {}
         self.peers: dict[bytes, str] = {}  # agent routing id -> agent_id
         self.jobs: dict[str, Job] = {}
@@ -46,9 +47,8 @@ class Scheduler:
     def add_node(self, peer: bytes, hello: protocol.Hello, now: float) -> Out:
         info = hello.info
         out: Out = []
-        old = self.nodes.get(info["agent_id"])
-        if old is not None:
-            out += self.lose_node(old.agent_id, "re-registered with a new session")
+        if info["agent_id"] in self.nodes:
+            out += self.lose_node(info["agent_id"], "re-registered with a new session")
         self.nodes[info["agent_id"]] = Node(
             info["agent_id"], peer, hello.session, int(info["cpus"]), int(info["ram_gb"]),
             list(info.get("gpus", [])), str(info.get("image", "")),
@@ -75,7 +75,7 @@ class Scheduler:
                 job.pending.appendleft(chunk)
             job.allocations.pop(agent_id, None)
             job.credits.pop(agent_id, None)
-            if requeued or job.pending:
+            if job.pending:
                 out += self.allocate(job)
         return out + self.dispatch_all()
 
@@ -96,8 +96,8 @@ class Scheduler:
 
     def submit(self, peer: bytes, owner: str, msg: protocol.Submit, now: float) -> Out:
         job = self.jobs.get(msg.job_id)
-        if job is not None:  # a retried submit: answer as before
-            return [(peer, protocol.Accept(job.job_id, job.slots, UPLOAD_WINDOW_BYTES))]
+        if job is not None:  # a retried submit, or a client back after a lost connection
+            return self.reattach(job, peer, owner, now)
         if msg.function:
             self.functions[msg.function_hash] = msg.function
         elif msg.function_hash not in self.functions:
@@ -113,14 +113,78 @@ class Scheduler:
             kind, text = problem
             return [(peer, protocol.Refuse(f"no_compatible_nodes:{kind}", text, msg.job_id))]
         job = Job(
-            msg.job_id, owner, peer, msg.function_hash, msg.function_name, request,
+            msg.job_id, owner, msg.function_hash, msg.function_name, request,
             msg.max_parallelism, msg.detach, msg.parent_job, self.job_token(msg.job_id), now, now,
+            ResultStream(msg.job_id, peer),
         )
         self.jobs[job.job_id] = job
+        if job.detach:
+            self.store.add_job(job.job_id, owner, job.function_hash,
+                               self.functions[job.function_hash], job.function_name,
+                               vars(request), job.max_parallelism, job.parent_job)
         out = self.allocate(job)
         log.info("job_submitted", job=job.job_id, owner=owner, slots=job.slots,
-                 function=msg.function_name)
-        return [(peer, protocol.Accept(job.job_id, job.slots, UPLOAD_WINDOW_BYTES))] + out
+                 function=msg.function_name, detach=job.detach)
+        return [(peer, protocol.Accept(job.job_id, job.slots, UPLOAD_WINDOW_BYTES, -1))] + out
+
+    def attach(self, peer: bytes, owner: str, job_id: str, now: float) -> Out:
+        job = self.jobs.get(job_id)
+        if job is None or job.owner != owner:
+            return [(peer, protocol.Refuse(
+                "unknown_job", f"no job {job_id!r} of yours is on this cluster; `burla jobs "
+                f"list` shows the ones kept (a job is kept until its results are collected)",
+                job_id))]
+        if not job.inputs_done:
+            return [(peer, protocol.Refuse(
+                "uploading", f"job {job_id!r} is still receiving its inputs from the process "
+                f"that started it; attach once they are all stored", job_id))]
+        return self.reattach(job, peer, owner, now)
+
+    def reattach(self, job: Job, peer: bytes, owner: str, now: float) -> Out:
+        if job.owner != owner:
+            return [(peer, protocol.Refuse("unauthorized", "that job belongs to another owner",
+                                           job.job_id))]
+        job.client_seen = now
+        total = job.total if job.total is not None and job.inputs_done else -1
+        out: Out = [(peer, protocol.Accept(job.job_id, job.slots, UPLOAD_WINDOW_BYTES, total))]
+        if job.detach and job.inputs_done:
+            out.append((peer, protocol.Stored(job.job_id, job.total or 0)))
+        replay = self._replay(job) if job.detach else None
+        out += job.stream.reattach(peer, replay)
+        return out + self.ack_settled(job)
+
+    def _replay(self, job: Job) -> Iterator[protocol.Results]:
+        for stored in self.store.results(job.job_id):
+            yield protocol.Results(job.job_id, -1, 0, stored.first_index, stored.count,
+                                   stored.errors, stored.sizes, False, 0, stored.data)
+
+    def restore(self, now: float) -> None:
+        """Take back the detached jobs a previous coordinator left in the store."""
+        for stored in self.store.jobs():
+            if stored.canceled:
+                self.store.delete_job(stored.job_id)
+                continue
+            self.jobs[stored.job_id] = self._restored_job(stored, now)
+            self.queued.append(stored.job_id)
+            log.info("job_restored", job=stored.job_id, chunks=len(stored.chunks),
+                     done=stored.done)
+
+    def _restored_job(self, stored: StoredJob, now: float) -> Job:
+        function = self.store.function(stored.function_hash)
+        if function is not None:
+            self.functions[stored.function_hash] = function
+        job = Job(
+            stored.job_id, stored.owner, stored.function_hash, stored.function_name,
+            Request(**stored.request), stored.max_parallelism, True, stored.parent_job,
+            self.job_token(stored.job_id), now, now, ResultStream(stored.job_id, b""),
+            total=stored.total, inputs_done=stored.inputs_done, done=stored.done,
+        )
+        for chunk_id, first, count, reported in stored.chunks:
+            job.pending.append(ChunkState(chunk_id, first, count, None, reported=reported))
+            job.seen_chunks.add(first)
+            job.next_chunk_id = max(job.next_chunk_id, chunk_id + 1)
+        job.uploaded = job.total or 0
+        return job
 
     def allocate(self, job: Job) -> Out:
         """Give `job` free slots up to its cap; nested jobs borrow one slot when none are free."""
@@ -143,7 +207,7 @@ class Scheduler:
             self.queued.append(job.job_id)
         elif job.slots and job.job_id in self.queued:
             self.queued.remove(job.job_id)
-        if out:
+        if out and job.client:
             out.append((job.client, protocol.Progress(job.job_id, job.slots)))
         return out + self.dispatch(job)
 
@@ -190,6 +254,8 @@ class Scheduler:
         self.jobs.pop(job.job_id, None)
         if job.job_id in self.queued:
             self.queued.remove(job.job_id)
+        if job.detach:
+            self.store.delete_job(job.job_id)
         return out + self.allocate_queued()
 
     def cancel(self, job_id: str, owner: str | None, why: str) -> Out:
@@ -197,23 +263,36 @@ class Scheduler:
         if job is None or (owner is not None and job.owner != owner):
             return []
         log.info("job_canceled", job=job_id, why=why)
-        out = [(job.client, protocol.JobFailed(job_id, "canceled", why))]
+        out: Out = [(job.client, protocol.JobFailed(job_id, "canceled", why))] if job.client else []
         return out + self.end_job(job, kill=True)
 
     # --- uploads ------------------------------------------------------------------------------
 
     def add_inputs(self, job: Job, msg: protocol.InputChunk) -> Out:
-        if msg.first_index != job.uploaded:
-            log.warning("input_gap", job=job.job_id, expected=job.uploaded, got=msg.first_index)
-            return []  # a duplicate of a chunk we already hold (a retried upload)
-        job.pending.append(ChunkState(job.next_chunk_id, msg.first_index, msg.count, msg.data))
+        if msg.first_index in job.seen_chunks:  # sent again after a reconnect: we have it
+            size = ChunkState(0, 0, 0, msg.data).nbytes
+            return [(job.client, protocol.UploadCredit(job.job_id, size))]
+        chunk = ChunkState(job.next_chunk_id, msg.first_index, msg.count, msg.data)
         job.next_chunk_id += 1
+        job.seen_chunks.add(msg.first_index)
         job.uploaded += msg.count
-        return self.allocate(job) if job.slots == 0 else self.dispatch(job)
+        out: Out = []
+        if job.detach:  # durable before acknowledged; memory holds only what is in flight
+            self.store.add_chunk(job.job_id, chunk.chunk_id, chunk.first_index, chunk.count,
+                                 chunk.data)
+            out.append((job.client, protocol.UploadCredit(job.job_id, chunk.nbytes)))
+            chunk.data = None
+        job.pending.append(chunk)
+        return out + (self.allocate(job) if job.slots == 0 else self.dispatch(job))
 
     def inputs_done(self, job: Job, msg: protocol.InputsDone) -> Out:
         job.total = msg.total
-        return self.complete_or_release(job)
+        job.inputs_done = True
+        out: Out = []
+        if job.detach:
+            self.store.inputs_done(job.job_id, msg.total)
+            out.append((job.client, protocol.Stored(job.job_id, msg.total)))
+        return out + self.complete_or_release(job)
 
     # --- dispatch and results -------------------------------------------------------------------
 
@@ -226,7 +305,7 @@ class Scheduler:
 
     def dispatch(self, job: Job) -> Out:
         out: Out = []
-        if job.backlog_bytes >= MAX_BACKLOG_BYTES:
+        if job.stream.backlog_bytes >= MAX_BACKLOG_BYTES:
             return out  # the client is behind; let it catch up before more work runs
         for agent_id, credit in job.credits.items():
             node = self.nodes[agent_id]
@@ -235,11 +314,14 @@ class Scheduler:
                 chunk.node = agent_id
                 job.inflight[chunk.chunk_id] = chunk
                 credit -= 1
+                data = chunk.data
+                if data is None:
+                    data = self.store.chunk_data(job.job_id, chunk.chunk_id)
+                elif chunk.attempt == 0 and chunk.reported == 0:  # paid back once, here
+                    out.append((job.client, protocol.UploadCredit(job.job_id, chunk.nbytes)))
                 out.append((node.peer, protocol.Chunk(
                     job.job_id, chunk.chunk_id, chunk.attempt, chunk.first_index, chunk.count,
-                    chunk.reported, chunk.data)))
-                if chunk.attempt == 0:  # retries were paid for on their first dispatch
-                    out.append((job.client, protocol.UploadCredit(job.job_id, chunk.nbytes)))
+                    chunk.reported, data)))
             job.credits[agent_id] = credit
         return out
 
@@ -264,77 +346,69 @@ class Scheduler:
         fresh = msg.count - overlap
         job.duplicates += overlap
         if fresh:
-            out += self.deliver(job, _trim(msg, overlap))
+            batch = _trim(msg, overlap)
+            if job.detach:
+                self.store.add_results(job.job_id, batch.first_index, batch.count, batch.errors,
+                                       batch.sizes, batch.data)
+            out += job.stream.deliver(batch)
             chunk.reported += fresh
             job.done += fresh
         if msg.chunk_done:
             del job.inflight[chunk.chunk_id]
+            if job.detach:
+                self.store.delete_chunk(job.job_id, chunk.chunk_id)
             if node.agent_id in job.credits:
                 job.credits[node.agent_id] += 1
             out += self.dispatch(job)
-        return out + self.complete_or_release(job)
-
-    def deliver(self, job: Job, msg: protocol.Results) -> Out:
-        size = sum(msg.sizes)
-        if job.unacked_bytes >= RESULT_WINDOW_BYTES or job.backlog:
-            job.backlog.append(msg)
-            job.backlog_bytes += size
-            return []
-        return [self.send_result(job, msg, size)]
-
-    def send_result(self, job: Job, msg: protocol.Results, size: int) -> tuple[bytes, Any]:
-        job.seq += 1
-        job.unacked.append((job.seq, size))
-        job.unacked_bytes += size
-        return (job.client, protocol.Results(
-            job.job_id, msg.chunk_id, 0, msg.first_index, msg.count, msg.errors, msg.sizes,
-            msg.chunk_done, job.seq, msg.data))
+        return out + self.complete_or_release(job) + self.ack_settled(job)
 
     def ack(self, job: Job, msg: protocol.Ack) -> Out:
-        while job.unacked and job.unacked[0][0] <= msg.seq:
-            job.unacked_bytes -= job.unacked.popleft()[1]
-        out: Out = []
-        was_behind = job.backlog_bytes >= MAX_BACKLOG_BYTES
-        while job.backlog and job.unacked_bytes < RESULT_WINDOW_BYTES:
-            held = job.backlog.popleft()
-            size = sum(held.sizes)
-            job.backlog_bytes -= size
-            out.append(self.send_result(job, held, size))
+        was_behind = job.stream.backlog_bytes >= MAX_BACKLOG_BYTES
+        out = job.stream.ack(msg.seq)
         if was_behind:
             out += self.dispatch(job)
-        if job.finished and not job.backlog and not job.unacked:
-            out += self.end_job(job, kill=False)
-        return out
+        return out + self.ack_settled(job)
+
+    def ack_settled(self, job: Job) -> Out:
+        """A finished job whose client holds every result is over: forget it."""
+        if job.finished and job.client and job.stream.settled and job.job_id in self.jobs:
+            return self.end_job(job, kill=False)
+        return []
 
     def complete_or_release(self, job: Job) -> Out:
         """Free the slots of nodes with nothing left to do for a job whose inputs are all in."""
-        if not job.uploaded_all or job.pending:
+        if not job.inputs_done or job.pending:
             return []
         busy = {chunk.node for chunk in job.inflight.values()}
         out: Out = []
         for agent_id in [a for a in job.allocations if a not in busy]:
             out += self.release(job, agent_id, kill=False)
         if out:
-            out.append((job.client, protocol.Progress(job.job_id, job.slots)))
+            if job.client:
+                out.append((job.client, protocol.Progress(job.job_id, job.slots)))
             out += self.allocate_queued()
         return out
 
     # --- time -----------------------------------------------------------------------------------
 
     def expire(self, now: float, client_seen: dict[bytes, float]) -> Out:
-        """Declare silent agents dead and cancel the attached jobs of silent clients."""
+        """Declare silent agents dead; cancel attached jobs of silent clients."""
         out: Out = []
         for node in list(self.nodes.values()):
             if now - node.last_seen > PEER_TIMEOUT_SECONDS:
                 out += self.lose_node(node.agent_id, f"silent for {now - node.last_seen:.1f}s")
         for job in list(self.jobs.values()):
-            seen = client_seen.get(job.client, job.client_seen)
-            if not job.detach and now - seen > PEER_TIMEOUT_SECONDS:
+            if not job.client:
+                continue
+            seen = max(client_seen.get(job.client, 0.0), job.client_seen)
+            if now - seen <= PEER_TIMEOUT_SECONDS:
+                continue
+            if job.detach and job.inputs_done:
+                log.info("client_left_detached_job", job=job.job_id)
+                job.stream.detach()
+            else:
                 out += self.cancel(job.job_id, None, "the client went silent")
         return out
-
-    def jobs_of(self, client: bytes) -> Iterator[Job]:
-        return (job for job in self.jobs.values() if job.client == client)
 
 
 def _trim(msg: protocol.Results, skip: int) -> protocol.Results:

@@ -22,6 +22,7 @@ import zmq
 from burla import __version__, protocol, systemd, transport
 from burla.config import PING_INTERVAL_SECONDS
 from burla.coordinator.config import CoordinatorConfig
+from burla.coordinator.jobstore import JobStore
 from burla.coordinator.scheduler import Out, Scheduler
 
 log = structlog.get_logger("burla.coordinator")
@@ -35,7 +36,9 @@ class Coordinator:
         self.config = config
         self.session = os.urandom(6).hex()
         self.ctx: zmq.Context[Any] = zmq.Context()
-        self.scheduler = Scheduler(os.urandom(32))
+        self.store = JobStore(config.state_dir / "jobs.sqlite3")
+        self.scheduler = Scheduler(os.urandom(32), self.store)
+        self.scheduler.restore(time.monotonic())
         self.clients: dict[bytes, str] = {}  # peer -> owner, after a good Hello
         self.client_seen: dict[bytes, float] = {}
         self.agent_last_ping = 0.0
@@ -67,6 +70,7 @@ class Coordinator:
             await asyncio.sleep(0.05)  # let the Shutdowns leave before the socket closes
             self.channel.close()
             self.ctx.term()
+            self.store.close()
 
     def stop(self, reason: str) -> None:
         log.info("coordinator_stopping", reason=reason)
@@ -172,7 +176,22 @@ class Coordinator:
         return self.scheduler.ack(job, msg) if job and job.owner == owner else []
 
     def on_cancel(self, peer: bytes, owner: str, msg: protocol.Cancel) -> Out:
-        return self.scheduler.cancel(msg.job_id, owner, msg.reason)
+        out = self.scheduler.cancel(msg.job_id, owner, msg.reason)
+        if not out and msg.job_id not in self.scheduler.jobs:
+            return [(peer, protocol.JobFailed(msg.job_id, "canceled", "already over"))]
+        return out
+
+    def on_attach(self, peer: bytes, owner: str, msg: protocol.Attach) -> Out:
+        return self.scheduler.attach(peer, owner, msg.job_id, time.monotonic())
+
+    def on_job_logs(self, peer: bytes, owner: str, msg: protocol.JobLogsRequest) -> Out:
+        job = self.scheduler.jobs.get(msg.job_id)
+        if job is None or job.owner != owner:
+            return [(peer, protocol.Refuse("unknown_job", f"no job {msg.job_id!r} of yours is "
+                                           "on this cluster", msg.job_id))]
+        entries = list(self.store.logs(msg.job_id)) if job.detach else []
+        return [(peer, protocol.StatusReply({"job_id": msg.job_id, "entries": entries,
+                                             "kept": job.detach}))]
 
     def on_client_ping(self, peer: bytes, owner: str, msg: protocol.Ping) -> Out:
         return [(peer, protocol.Ping())]  # so a client waiting on a long call knows we live
@@ -190,7 +209,9 @@ class Coordinator:
             ],
             "jobs": [
                 {"job_id": j.job_id, "owner": j.owner, "function": j.function_name,
-                 "slots": j.slots, "done": j.done, "total": j.total, "uploaded": j.uploaded}
+                 "slots": j.slots, "done": j.done, "total": j.total, "uploaded": j.uploaded,
+                 "detach": j.detach, "client": bool(j.client), "finished": j.finished,
+                 "age_seconds": round(time.monotonic() - j.submitted_at, 1)}
                 for j in scheduler.jobs.values() if j.owner == owner
             ],
         }
@@ -207,6 +228,8 @@ class Coordinator:
         protocol.InputsDone: on_inputs_done,
         protocol.Ack: on_ack,
         protocol.Cancel: on_cancel,
+        protocol.Attach: on_attach,
+        protocol.JobLogsRequest: on_job_logs,
         protocol.Ping: on_client_ping,
         protocol.StatusRequest: on_status,
         protocol.Shutdown: on_shutdown,
@@ -223,7 +246,11 @@ class Coordinator:
 
     def relay_logs(self, msg: protocol.Logs) -> Out:
         job = self.scheduler.jobs.get(msg.job_id)
-        return [(job.client, msg)] if job is not None else []
+        if job is None:
+            return []
+        if job.detach:
+            self.store.add_logs(job.job_id, msg.entries)
+        return [(job.client, msg)] if job.client else []
 
 
 class _Stop(Exception):

@@ -6,7 +6,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from burla import protocol
+from burla.coordinator.delivery import ResultStream
 
 
 @dataclass
@@ -63,21 +63,23 @@ class ChunkState:
     chunk_id: int
     first_index: int
     count: int
-    data: Any  # the pickled inputs, as received (bytes or zmq.Frame)
+    data: Any  # the pickled inputs as received (bytes or zmq.Frame); None when in the store
     attempt: int = 0
     reported: int = 0  # leading inputs whose results have been accepted
     node: str = ""  # agent running it, "" while queued
 
-    @property
-    def nbytes(self) -> int:
-        return len(self.data.buffer) if hasattr(self.data, "buffer") else len(self.data)
+    nbytes: int = 0
+
+    def __post_init__(self) -> None:
+        if self.data is not None and not self.nbytes:
+            buffer = self.data.buffer if hasattr(self.data, "buffer") else self.data
+            self.nbytes = len(buffer)
 
 
 @dataclass
 class Job:
     job_id: str
     owner: str
-    client: bytes
     function_hash: str
     function_name: str
     request: Request
@@ -87,29 +89,29 @@ class Job:
     token: str  # lets calls of this job submit nested jobs as the same owner
     submitted_at: float
     client_seen: float
+    stream: ResultStream
     total: int | None = None  # known once every input is uploaded
+    inputs_done: bool = False  # the client said no more chunks will come
     uploaded: int = 0
     done: int = 0
     next_chunk_id: int = 0
+    seen_chunks: set[int] = field(default_factory=set)  # first indexes received
     pending: deque[ChunkState] = field(default_factory=deque)
     inflight: dict[int, ChunkState] = field(default_factory=dict)
     allocations: dict[str, int] = field(default_factory=dict)  # agent_id -> slots
     credits: dict[str, int] = field(default_factory=dict)  # agent_id -> chunks it can take
-    seq: int = 0  # Results batches sent to the client
-    unacked: deque[tuple[int, int]] = field(default_factory=deque)  # (seq, nbytes)
-    unacked_bytes: int = 0
-    backlog: deque[protocol.Results] = field(default_factory=deque)
-    backlog_bytes: int = 0
     duplicates: int = 0
+
+    @property
+    def client(self) -> bytes:
+        """The connected client's routing id, b"" while none is connected."""
+        return self.stream.client
 
     @property
     def slots(self) -> int:
         return sum(self.allocations.values())
 
     @property
-    def uploaded_all(self) -> bool:
-        return self.total is not None and self.uploaded >= self.total
-
-    @property
     def finished(self) -> bool:
-        return self.total is not None and self.done >= self.total
+        """Every input is in and every chunk has run to its end."""
+        return self.inputs_done and not self.pending and not self.inflight

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from burla import protocol
-from burla.coordinator import scheduler as sched
+from burla.coordinator import delivery
+from burla.coordinator.jobstore import JobStore
 from burla.coordinator.scheduler import Scheduler
 
 CLIENT = b"client-1"
@@ -19,9 +20,9 @@ def hello(agent_id: str, cpus: int = 2, **info) -> protocol.Hello:
 
 
 def submit(job_id: str = "job", max_parallelism: int | None = None, parent: str | None = None,
-           func_cpu: int = 1) -> protocol.Submit:
+           func_cpu: int = 1, detach: bool = False) -> protocol.Submit:
     return protocol.Submit(job_id, "hash", "f", func_cpu, 0, None, None, max_parallelism, False,
-                           False, -1, "3.11", parent, b"function")
+                           detach, -1, "3.11", parent, b"function")
 
 
 def sent(out, kind, peer=None):
@@ -102,7 +103,7 @@ def test_stale_attempt_results_are_dropped(two_nodes):
 
 
 def test_result_window_holds_back_until_ack(two_nodes, monkeypatch):
-    monkeypatch.setattr(sched, "RESULT_WINDOW_BYTES", 2)
+    monkeypatch.setattr(delivery, "RESULT_WINDOW_BYTES", 2)
     two_nodes.submit(CLIENT, "me", submit(max_parallelism=1), NOW)
     job = two_nodes.jobs["job"]
     two_nodes.add_inputs(job, protocol.InputChunk("job", 0, 3, b"xxx"))
@@ -181,3 +182,75 @@ def test_function_crosses_to_each_node_once():
     out = s.submit(b"client-2", "me", protocol.Submit(**fields, function=b""), NOW)
     second = sent(out, protocol.Assign)[0]
     assert first.function == b"function" and second.function == b""
+
+
+def run_detached_until_half_done(store: JobStore) -> Scheduler:
+    s = Scheduler(b"secret", store)
+    s.add_node(b"agent-a", hello("a", cpus=1), NOW)
+    s.submit(CLIENT, "me", submit("det", detach=True), NOW)
+    job = s.jobs["det"]
+    out = s.add_inputs(job, protocol.InputChunk("det", 0, 2, b"ab"))
+    out += s.add_inputs(job, protocol.InputChunk("det", 2, 2, b"cd"))
+    # A detached job's input is durable at once, so its upload window comes back at once.
+    assert sum(u.nbytes for u in sent(out, protocol.UploadCredit)) == 4
+    assert sent(s.inputs_done(job, protocol.InputsDone("det", 4)), protocol.Stored)
+    node = s.nodes["a"]
+    chunk = sent(s.credit(node, protocol.Credit("det", 1)), protocol.Chunk)[0]
+    assert chunk.data == b"ab"  # read back from the store
+    s.results(node, results("det", chunk.chunk_id, 0, 1, done=False))
+    return s
+
+
+def test_detached_job_survives_a_coordinator_restart(tmp_path):
+    path = tmp_path / "jobs.sqlite3"
+    run_detached_until_half_done(JobStore(path))
+    # A new coordinator on the same store: the job is back, with input 0 done.
+    s = Scheduler(b"other", JobStore(path))
+    s.restore(NOW)
+    job = s.jobs["det"]
+    assert (job.done, job.inputs_done, job.total) == (1, True, 4)
+    s.add_node(b"agent-b", hello("b", cpus=1), NOW)
+    node = s.nodes["b"]
+    chunks = sent(s.credit(node, protocol.Credit("det", 2)), protocol.Chunk)
+    assert [(c.first_index, c.skip, c.data) for c in chunks] == [(0, 1, b"ab"), (2, 0, b"cd")]
+    s.results(node, results("det", chunks[0].chunk_id, 1, 1))
+    s.results(node, results("det", chunks[1].chunk_id, 2, 2))
+    assert job.finished and job.client == b""
+    # Attaching replays every stored result, once each, then forgets the job once acked.
+    out = s.attach(b"client-9", "me", "det", NOW)
+    accept = sent(out, protocol.Accept)[0]
+    assert accept.total == 4
+    replayed = sent(out, protocol.Results, b"client-9")
+    assert sorted(i for r in replayed for i in range(r.first_index, r.first_index + r.count)) \
+        == [0, 1, 2, 3]
+    s.ack(job, protocol.Ack("det", replayed[-1].seq))
+    assert "det" not in s.jobs and not list(s.store.jobs())
+
+
+def test_attach_to_someone_elses_or_unknown_job_is_refused(tmp_path):
+    s = run_detached_until_half_done(JobStore(tmp_path / "j.sqlite3"))
+    assert sent(s.attach(b"c", "intruder", "det", NOW), protocol.Refuse)[0].kind == "unknown_job"
+    assert sent(s.attach(b"c", "me", "nope", NOW), protocol.Refuse)
+
+
+def test_detached_client_leaving_after_upload_keeps_job(tmp_path):
+    s = run_detached_until_half_done(JobStore(tmp_path / "j.sqlite3"))
+    s.expire(NOW + 6, {CLIENT: NOW})
+    assert "det" in s.jobs and s.jobs["det"].client == b""
+
+
+def test_detached_client_leaving_before_upload_ends_cancels(tmp_path):
+    s = Scheduler(b"secret", JobStore(tmp_path / "j.sqlite3"))
+    s.add_node(b"agent-a", hello("a"), NOW)
+    s.submit(CLIENT, "me", submit("det", detach=True), NOW)
+    s.expire(NOW + 6, {CLIENT: NOW})
+    assert "det" not in s.jobs and not list(s.store.jobs())
+
+
+def test_resubmitted_chunk_is_not_run_twice(two_nodes):
+    two_nodes.submit(CLIENT, "me", submit(max_parallelism=1), NOW)
+    job = two_nodes.jobs["job"]
+    two_nodes.add_inputs(job, protocol.InputChunk("job", 0, 1, b"x"))
+    out = two_nodes.add_inputs(job, protocol.InputChunk("job", 0, 1, b"x"))
+    assert sent(out, protocol.UploadCredit)[0].nbytes == 1
+    assert len(job.pending) == 1
