@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from burla import __version__
 from burla.config import ClusterAddress, new_token, user_state_dir, write_private_json
 from burla.errors import ClusterUnreachable
 
@@ -63,8 +64,14 @@ def is_alive(pid: int | None) -> bool:
 
 
 def running_info() -> dict[str, Any] | None:
+    """The embedded cluster's record, if both daemons run and are of this burla version."""
     info = read_info()
-    if info and is_alive(info.get("coordinator_pid")) and is_alive(info.get("agent_pid")):
+    if (
+        info
+        and info.get("version") == __version__  # an upgrade restarts it on the new code
+        and is_alive(info.get("coordinator_pid"))
+        and is_alive(info.get("agent_pid"))
+    ):
         return info
     return None
 
@@ -110,7 +117,7 @@ def start() -> dict[str, Any]:
     }
     pids = _start_and_wait(commands, directory)
     info = {"endpoint": endpoint, "token": token, "coordinator_pid": pids["coordinator"],
-            "agent_pid": pids["agent"], "started_at": time.time()}
+            "agent_pid": pids["agent"], "started_at": time.time(), "version": __version__}
     write_private_json(cluster_file(), info)
     return info
 

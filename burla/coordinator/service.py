@@ -176,9 +176,13 @@ class Coordinator:
         return self.scheduler.ack(job, msg) if job and job.owner == owner else []
 
     def on_cancel(self, peer: bytes, owner: str, msg: protocol.Cancel) -> Out:
+        job = self.scheduler.jobs.get(msg.job_id)
+        known = job is not None and job.owner == owner
+        client = job.client if job is not None else b""
         out = self.scheduler.cancel(msg.job_id, owner, msg.reason)
-        if not out and msg.job_id not in self.scheduler.jobs:
-            return [(peer, protocol.JobFailed(msg.job_id, "canceled", "already over"))]
+        if peer != client:  # someone else asked (`burla jobs cancel`): tell them too
+            out.append((peer, protocol.JobFailed(
+                msg.job_id, "canceled", msg.reason if known else "already over")))
         return out
 
     def on_attach(self, peer: bytes, owner: str, msg: protocol.Attach) -> Out:

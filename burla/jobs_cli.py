@@ -1,0 +1,82 @@
+"""`burla jobs list | show | logs | cancel`: the caller's jobs on the cluster in use."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import typer
+
+jobs_app = typer.Typer(help="Your jobs on the cluster in use (detached ones are kept until "
+                            "their results are collected).", no_args_is_help=True)
+
+
+def _jobs() -> list[dict[str, Any]]:
+    from burla.client.admin import cluster_status
+
+    return list(cluster_status()["jobs"])
+
+
+def _state(job: dict[str, Any]) -> str:
+    if job["finished"]:
+        return "finished, results waiting" if job["detach"] else "finishing"
+    return "running" if job["slots"] else "queued"
+
+
+@jobs_app.command("list")
+def list_jobs() -> None:
+    """One line per job: id, function, progress, state."""
+    jobs = _jobs()
+    if not jobs:
+        typer.echo("no jobs")
+    for job in jobs:
+        total = "?" if job["total"] is None else job["total"]
+        kind = "detached" if job["detach"] else "attached"
+        typer.echo(f"{job['job_id']}  {job['function']:<24} {job['done']}/{total}  "
+                   f"{_state(job)} ({kind}, {job['slots']} slots)")
+
+
+@jobs_app.command("show")
+def show(job_id: str) -> None:
+    """Everything the cluster knows about one job."""
+    for job in _jobs():
+        if job["job_id"] == job_id:
+            for key, value in job.items():
+                typer.echo(f"{key}: {value}")
+            typer.echo(f"state: {_state(job)}")
+            return
+    typer.echo(f"no job {job_id!r} of yours on this cluster", err=True)
+    raise typer.Exit(1)
+
+
+@jobs_app.command("logs")
+def logs(job_id: str) -> None:
+    """The output lines a detached job printed (kept up to 100,000 lines)."""
+    from burla import protocol
+    from burla.client.admin import cluster_address, request
+    from burla.errors import BurlaError
+
+    try:
+        reply = request(cluster_address(), protocol.JobLogsRequest(job_id))
+    except BurlaError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(1) from None
+    assert isinstance(reply, protocol.StatusReply)
+    if not reply.info["kept"]:
+        typer.echo("output of attached jobs goes to their caller and is not kept", err=True)
+    for _index, stream, text in reply.info["entries"]:
+        (sys.stderr if stream == 2 else sys.stdout).write(text)
+
+
+@jobs_app.command("cancel")
+def cancel(job_id: str) -> None:
+    """Stop a job: its running calls are killed and its inputs and results dropped."""
+    from burla import protocol
+    from burla.client.admin import cluster_address, request
+
+    reply = request(cluster_address(), protocol.Cancel(job_id, "cancelled with `burla jobs "
+                                                              "cancel`"))
+    known = isinstance(reply, protocol.JobFailed) and reply.message != "already over"
+    typer.echo(f"job {job_id} cancelled" if known else f"no running job {job_id!r} of yours")
+    if not known:
+        raise typer.Exit(1)
