@@ -14,11 +14,14 @@ from typing import Any
 
 import typer
 
+from burla.jobs_cli import jobs_app
+
 app = typer.Typer(help="burla: run any Python function on many computers at once.",
                   no_args_is_help=True, add_completion=False)
 local_app = typer.Typer(help="The embedded per-user cluster on this machine.",
                         no_args_is_help=True)
 app.add_typer(local_app, name="local")
+app.add_typer(jobs_app, name="jobs")
 
 
 def _read_token(token: str | None, token_file: Path | None) -> str:
