@@ -281,9 +281,9 @@ class JobSession:
                 self._set_total(msg.total)
             self.events.put(("accepted", msg.parallelism))
         elif isinstance(msg, protocol.Stored):
-            self.stored = True
             self._set_total(msg.total)
-            if self.spec is not None and self.spec.detach:
+            first_time, self.stored = not self.stored, True
+            if first_time and self.spec is not None and self.spec.detach:
                 self.write_logs([[-1, 1, f"[burla] all {msg.total} inputs of job {self.job_id} "
                                          f"are stored on the cluster; it keeps running if this "
                                          f"process exits: collect the results later with "
