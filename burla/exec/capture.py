@@ -75,13 +75,31 @@ class _StreamParser:
             self.buffer = b""
 
 
+class _Stream(io.TextIOWrapper):
+    """sys.stdout/sys.stderr: notes that Python code wrote, so a silent input costs nothing."""
+
+    capture: Capture
+
+    def write(self, text: str) -> int:
+        self.capture.python_wrote = True
+        return super().write(text)
+
+
 class Capture:
-    """Owns fds 1 and 2 of the executor. The runner calls `begin`/`end` around each input."""
+    """Owns fds 1 and 2 of the executor. The runner calls `begin`/`end` around each input.
+
+    An input that printed is closed by a separator, so its lines carry its index exactly.
+    Knowing whether it printed costs nothing for Python-level output (a flag) and for output the
+    reader already saw; fd-level output still in the pipe needs a syscall, so that check runs
+    only once fd-level writers have shown up (`exact`), keeping silent inputs free.
+    """
 
     def __init__(self) -> None:
         self.separator = b"\0burla-" + os.urandom(6).hex().encode() + b":"
         self._lock = threading.Lock()
-        self._dirty = False
+        self._dirty = False  # the reader saw output no separator has claimed yet
+        self.python_wrote = False
+        self.exact = False  # fd-level writers (C code, subprocesses) were seen
         self.running_index = -1
         self.read_fds: list[int] = []
         self._parsers: dict[int, _StreamParser] = {}
@@ -92,22 +110,25 @@ class Capture:
             os.set_blocking(read_fd, False)
             self.read_fds.append(read_fd)
             self._parsers[read_fd] = _StreamParser(stream, self.separator)
-        sys.stdout = io.TextIOWrapper(
-            io.FileIO(1, "w", closefd=False), encoding="utf-8", errors="replace",
-            line_buffering=True,
-        )
-        sys.stderr = io.TextIOWrapper(
-            io.FileIO(2, "w", closefd=False), encoding="utf-8", errors="replace",
-            line_buffering=True,
-        )
+        streams = []
+        for fd in (1, 2):
+            stream = _Stream(io.FileIO(fd, "w", closefd=False), encoding="utf-8",
+                             errors="replace", line_buffering=True)
+            stream.capture = self
+            streams.append(stream)
+        sys.stdout, sys.stderr = streams
 
     def begin(self, index: int) -> None:
         self.running_index = index
 
     def end(self, index: int) -> None:
         """Mark the end of input `index`'s output, if it printed anything."""
-        sys.stdout.flush()
-        sys.stderr.flush()
+        if not (self.python_wrote or self._dirty or self.exact):
+            return  # the common case: a silent input, no syscall
+        if self.python_wrote:
+            self.python_wrote = False
+            sys.stdout.flush()
+            sys.stderr.flush()
         with self._lock:
             printed = (
                 self._dirty
@@ -136,6 +157,8 @@ class Capture:
                 return
             if self._parsers[fd].feed(b"".join(chunks), self.running_index, out):
                 self._dirty = True
+                if not self.python_wrote:  # nobody in Python wrote it: C code or a subprocess
+                    self.exact = True
 
     def read_all(self, out: list[list[object]]) -> None:
         for fd in self.read_fds:
