@@ -9,6 +9,7 @@ embedded one restarted) with bounded backoff; unfinished chunks are uploaded aga
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import queue
 import threading
@@ -38,6 +39,13 @@ RECONNECT_SECONDS = float(os.environ.get("BURLA_RECONNECT_TIMEOUT", "60"))
 # How often the embedded cluster's processes are checked (and restarted if dead).
 EMBEDDED_CHECK_SECONDS = 2.0
 _POLL_MS = 100
+# Input bytes sent right behind Submit, before Accept, to a cluster this process has used.
+EARLY_WINDOW_BYTES = 1024 * 1024
+# Parallelism each cluster last granted, so early chunks are sized for it.
+_LAST_GRANT: dict[str, int] = {}
+# Job threads are kept between calls: starting a thread costs more than a small job's round trip.
+_IO_THREADS = concurrent.futures.ThreadPoolExecutor(max_workers=256,
+                                                    thread_name_prefix="burla-job")
 
 
 class _Reconnect(Exception):
@@ -89,7 +97,7 @@ class JobSession:
         self._wake_tx.connect(self._wake_address)
         self._cancel_reason: str | None = None
         self._consumed_seq = 0
-        self._thread = threading.Thread(target=self._run, name="burla-job", daemon=True)
+        self._running: concurrent.futures.Future[None] | None = None
         self.sent_all = chunker is None  # an attach uploads nothing
         self.total: int | None = None
         self.resend: deque[tuple[int, int, bytes]] = deque()
@@ -103,7 +111,11 @@ class JobSession:
     # --- the caller's side -----------------------------------------------------------------
 
     def start(self) -> None:
-        self._thread.start()
+        self._running = _IO_THREADS.submit(self._run)
+
+    def _join(self, timeout: float) -> None:
+        if self._running is not None:
+            concurrent.futures.wait([self._running], timeout=timeout)
 
     def consumed(self, generation: int, seq: int) -> None:
         """The caller holds every result batch up to `seq`; the window may move on."""
@@ -118,7 +130,7 @@ class JobSession:
             self._wake_tx.send(b"", flags=zmq.NOBLOCK)
         except zmq.ZMQError:
             pass
-        self._thread.join(timeout=2)
+        self._join(timeout=2)
 
     @property
     def detached(self) -> bool:
@@ -132,10 +144,10 @@ class JobSession:
             self._wake_tx.send(b"", flags=zmq.NOBLOCK)
         except zmq.ZMQError:
             pass
-        self._thread.join(timeout=2)
+        self._join(timeout=2)
 
     def close(self) -> None:
-        self._thread.join(timeout=2)
+        self._join(timeout=2)
         self._wake_tx.close(linger=0)
 
     # --- the I/O thread --------------------------------------------------------------------
@@ -191,12 +203,19 @@ class JobSession:
         started = last_heard = checked = time.monotonic()
         self.welcomed = self.accepted = False
         self.window = self.acked_seq = self.last_seq = 0
+        # A known cluster gets the first inputs with the Submit: one round trip fewer.
+        self.early = self.chunker is not None and self.address.endpoint in _LAST_GRANT
+        if self.early and self.chunker is not None:
+            self.window = EARLY_WINDOW_BYTES
+            self.chunker.slots = _LAST_GRANT[self.address.endpoint]
+        self.sent_early = 0
         self._done_sent = False
         with self._ack_lock:  # acks of batches from an earlier connection mean nothing here
             self.generation += 1
             self._consumed_seq = 0
         while True:
-            busy = self.accepted and (self.resend or not self.sent_all) and self.window > 0
+            uploading = self.accepted or self.early
+            busy = uploading and (self.resend or not self.sent_all) and self.window > 0
             ready = dict(poller.poll(0 if busy else _POLL_MS))
             now = time.monotonic()
             if self._wake_rx in ready:
@@ -213,7 +232,7 @@ class JobSession:
                     _, msg = transport.recv_sync(sock)
                     if self._handle(sock, msg):
                         return
-            if self.accepted:
+            if uploading:
                 self._upload(sock)
             if self._consumed_seq > self.acked_seq and self._consumed_seq <= self.last_seq:
                 self.acked_seq = self._consumed_seq
@@ -273,8 +292,9 @@ class JobSession:
         elif isinstance(msg, protocol.Welcome):
             self.welcomed = True
         elif isinstance(msg, protocol.Accept):
-            self.accepted = True
-            self.window = msg.upload_window
+            self.accepted, self.early = True, False
+            self.window = msg.upload_window - self.sent_early
+            _LAST_GRANT[self.address.endpoint] = max(1, msg.parallelism)
             if self.chunker is not None:
                 self.chunker.slots = max(1, msg.parallelism)
             if msg.total >= 0:
@@ -291,6 +311,9 @@ class JobSession:
         elif isinstance(msg, protocol.NeedFunction):
             assert self.spec is not None
             self._send(sock, self._submit(self.spec.function))
+            # Chunks sent early went to a job that did not exist yet: send them again.
+            self.early, self.window, self.sent_early = False, 0, 0
+            self.resend.extend(self.ledger.unfinished())
         elif isinstance(msg, protocol.Refuse) and msg.kind == "unknown_peer":
             raise _Reconnect("the coordinator no longer knew this connection")
         elif isinstance(msg, (protocol.Refuse, protocol.JobFailed)):
@@ -318,6 +341,8 @@ class JobSession:
                 break
             first, count, blob = piece
             self.window -= len(blob)
+            if self.early:
+                self.sent_early += len(blob)
             self._send(sock, protocol.InputChunk(self.job_id, first, count, blob))
         if self.sent_all and not self.resend and not self._done_sent and self.chunker:
             self._done_sent = True
