@@ -217,7 +217,9 @@ class Scheduler:
         node.used_ram_gb += slots * request.func_ram
         node.used_gpus += slots if request.func_gpu else 0
         job.allocations[node.agent_id] = job.allocations.get(node.agent_id, 0) + slots
-        job.credits.setdefault(node.agent_id, 0)
+        # Each new slot can take one chunk at once; the agent's Credit adds its prefetch. This
+        # saves a small job a round trip to the agent before its first chunk.
+        job.credits[node.agent_id] = job.credits.get(node.agent_id, 0) + slots
         function = b"" if job.function_hash in node.functions else self.functions[job.function_hash]
         node.functions.add(job.function_hash)
         env = {"BURLA_API_KEY": job.token, "BURLA_PARENT_JOB": job.job_id}

@@ -53,25 +53,26 @@ def test_max_parallelism_caps_slots_across_nodes(two_nodes):
 def test_chunks_go_only_against_credit(two_nodes):
     two_nodes.submit(CLIENT, "me", submit(max_parallelism=1), NOW)
     job = two_nodes.jobs["job"]
-    for i in range(3):
-        assert not sent(two_nodes.add_inputs(job, protocol.InputChunk("job", i, 1, b"x")),
-                        protocol.Chunk)
+    # The one slot assigned can take one chunk at once; the rest wait for the agent's credit.
+    dispatched = [sent(two_nodes.add_inputs(job, protocol.InputChunk("job", i, 1, b"x")),
+                       protocol.Chunk) for i in range(4)]
+    assert [len(d) for d in dispatched] == [1, 0, 0, 0]
     node = two_nodes.nodes[next(iter(job.allocations))]
     out = two_nodes.credit(node, protocol.Credit("job", 2))
     chunks = sent(out, protocol.Chunk, node.peer)
-    assert [c.first_index for c in chunks] == [0, 1]
+    assert [c.first_index for c in chunks] == [1, 2]
     assert sum(u.nbytes for u in sent(out, protocol.UploadCredit, CLIENT)) == 2
-    # A finished chunk returns one credit, which the third chunk uses.
+    # A finished chunk returns one credit, which the fourth chunk uses.
     out = two_nodes.results(node, results("job", 0, 0, 1))
-    assert [c.first_index for c in sent(out, protocol.Chunk)] == [2]
+    assert [c.first_index for c in sent(out, protocol.Chunk)] == [3]
 
 
 def test_lost_node_requeues_and_fences_late_results(two_nodes):
     two_nodes.submit(CLIENT, "me", submit(max_parallelism=1), NOW)
     job = two_nodes.jobs["job"]
-    two_nodes.add_inputs(job, protocol.InputChunk("job", 0, 4, b"xxxx"))
+    assert sent(two_nodes.add_inputs(job, protocol.InputChunk("job", 0, 4, b"xxxx")),
+                protocol.Chunk)  # the assigned slot takes it at once
     first = two_nodes.nodes[next(iter(job.allocations))]
-    two_nodes.credit(first, protocol.Credit("job", 1))
     # Two of four results arrive, then the node goes silent.
     out = two_nodes.results(first, results("job", 0, 0, 2, done=False))
     assert sent(out, protocol.Results, CLIENT)[0].count == 2
@@ -81,7 +82,6 @@ def test_lost_node_requeues_and_fences_late_results(two_nodes):
     assert first.agent_id not in two_nodes.nodes
     other = next(iter(two_nodes.nodes.values()))
     assert sent(out, protocol.Assign, other.peer)
-    out = two_nodes.credit(other, protocol.Credit("job", 1))
     retry = sent(out, protocol.Chunk, other.peer)[0]
     assert (retry.attempt, retry.skip) == (1, 2)
     assert not sent(out, protocol.UploadCredit)  # a retry was paid for already
@@ -195,7 +195,7 @@ def run_detached_until_half_done(store: JobStore) -> Scheduler:
     assert sum(u.nbytes for u in sent(out, protocol.UploadCredit)) == 4
     assert sent(s.inputs_done(job, protocol.InputsDone("det", 4)), protocol.Stored)
     node = s.nodes["a"]
-    chunk = sent(s.credit(node, protocol.Credit("det", 1)), protocol.Chunk)[0]
+    chunk = sent(out, protocol.Chunk)[0]  # the one slot took the first chunk at once
     assert chunk.data == b"ab"  # read back from the store
     s.results(node, results("det", chunk.chunk_id, 0, 1, done=False))
     return s
@@ -209,9 +209,9 @@ def test_detached_job_survives_a_coordinator_restart(tmp_path):
     s.restore(NOW)
     job = s.jobs["det"]
     assert (job.done, job.inputs_done, job.total) == (1, True, 4)
-    s.add_node(b"agent-b", hello("b", cpus=1), NOW)
+    out = s.add_node(b"agent-b", hello("b", cpus=1), NOW)
     node = s.nodes["b"]
-    chunks = sent(s.credit(node, protocol.Credit("det", 2)), protocol.Chunk)
+    chunks = sent(out + s.credit(node, protocol.Credit("det", 2)), protocol.Chunk)
     assert [(c.first_index, c.skip, c.data) for c in chunks] == [(0, 1, b"ab"), (2, 0, b"cd")]
     s.results(node, results("det", chunks[0].chunk_id, 1, 1))
     s.results(node, results("det", chunks[1].chunk_id, 2, 2))
@@ -253,4 +253,4 @@ def test_resubmitted_chunk_is_not_run_twice(two_nodes):
     two_nodes.add_inputs(job, protocol.InputChunk("job", 0, 1, b"x"))
     out = two_nodes.add_inputs(job, protocol.InputChunk("job", 0, 1, b"x"))
     assert sent(out, protocol.UploadCredit)[0].nbytes == 1
-    assert len(job.pending) == 1
+    assert len(job.pending) + len(job.inflight) == 1
