@@ -8,11 +8,13 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -52,6 +54,33 @@ class Notifier:
         self.sock.close()
 
 
+class PathNotifier(Notifier):
+    """A NOTIFY_SOCKET bound to a filesystem path in `directory`.
+
+    Abstract unix names are private to a network namespace; a path is reachable from daemons
+    started inside another one (`ip netns exec`), so they can still say READY=1.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        path = directory / f"notify-{uuid.uuid4().hex[:8]}"
+        if len(str(path)) > 100:  # sun_path holds 108 bytes
+            path = Path(tempfile.gettempdir()) / path.name
+        self.path = path
+        self.name = str(path)
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        os.chmod(path, 0o666)
+        self.messages = []
+
+    @property
+    def env_value(self) -> str:
+        return str(self.path)
+
+    def close(self) -> None:
+        super().close()
+        self.path.unlink(missing_ok=True)
+
+
 @dataclass
 class Cluster:
     """A coordinator and its agents on loopback, in `root` (a temp dir)."""
@@ -63,14 +92,16 @@ class Cluster:
     agents: list[subprocess.Popen[bytes]] = field(default_factory=list)
     notifier: Notifier = field(default_factory=Notifier)
 
-    def _spawn(self, args: list[str], name: str) -> tuple[subprocess.Popen[bytes], Path]:
+    def _spawn(self, args: list[str], name: str,
+               prefix: tuple[str, ...] = ()) -> tuple[subprocess.Popen[bytes], Path]:
         log = self.root / f"{name}.log"
         env = dict(os.environ, NOTIFY_SOCKET=self.notifier.env_value, PYTHONUNBUFFERED="1")
         for key in ("BURLA_CLUSTER", "BURLA_API_KEY", "BURLA_PARENT_JOB"):
             env.pop(key, None)
         with open(log, "ab") as handle:
             process = subprocess.Popen(
-                [sys.executable, "-m", "burla", *args], stdout=handle, stderr=handle, env=env,
+                [*prefix, sys.executable, "-m", "burla", *args], stdout=handle, stderr=handle,
+                env=env,
                 stdin=subprocess.DEVNULL,
             )
         return process, log
@@ -97,6 +128,78 @@ class Cluster:
         self.notifier.wait_ready(process, log)
         self.agents.append(process)
         return process
+
+    def start_coordinator_at(self, bind: str, *extra: str) -> subprocess.Popen[bytes]:
+        """Start a coordinator listening on `bind` with this cluster's state dir and token.
+
+        Used to restart one on the endpoint and state of the one before it. A wildcard bind
+        (tcp://0.0.0.0:0) makes `endpoint` the loopback address of the port it picked.
+        """
+        (self.root / "token").write_text(self.token)
+        process, log = self._spawn(
+            ["coordinator", "--endpoint", bind, "--state-dir", str(self.root / "coordinator"),
+             "--token-file", str(self.root / "token"), *extra],
+            "coordinator",
+        )
+        message = self.notifier.wait_ready(process, log)
+        self.coordinator = process
+        self.endpoint = message["STATUS"].split()[-1].replace("//0.0.0.0:", "//127.0.0.1:")
+        return process
+
+    def restart_coordinator(self, *extra: str) -> subprocess.Popen[bytes]:
+        """Start a new coordinator on the endpoint and state dir of the last one (now dead)."""
+        assert self.coordinator is not None and self.coordinator.poll() is not None, \
+            "stop or kill the running coordinator first"
+        return self.start_coordinator_at(self.endpoint, *extra)
+
+    @property
+    def port(self) -> int:
+        return int(self.endpoint.rsplit(":", 1)[1])
+
+    def start_agent_via(self, prefix: tuple[str, ...], coordinator: str, *extra: str,
+                        cpus: int = 2) -> subprocess.Popen[bytes]:
+        """Start an agent under a command prefix (e.g. `ip netns exec NS`), reaching the
+        coordinator at `coordinator`. The prefix must exec the agent so its pid is the agent's.
+        """
+        name = f"agent{len(self.agents)}"
+        process, log = self._spawn(
+            ["agent", "--coordinator", coordinator, "--state-dir", str(self.root / name),
+             "--token-file", str(self.root / "token"), "--agent-id", name,
+             "--cpus", str(cpus), *extra],
+            name, prefix,
+        )
+        self.notifier.wait_ready(process, log)
+        self.agents.append(process)
+        return process
+
+    def executors(self, agent: subprocess.Popen[bytes]) -> list[psutil.Process]:
+        """The processes running calls for the agent now: its `burla exec` descendants, less
+        its zygote (a direct child run with --zygote, whose forks keep its command line) and
+        any that are parents of another (a sandbox's reaper or init)."""
+        found = []
+        with contextlib.suppress(psutil.NoSuchProcess):
+            for process in psutil.Process(agent.pid).children(recursive=True):
+                with contextlib.suppress(psutil.Error):
+                    cmdline = process.cmdline()
+                    if "burla.exec" not in cmdline:
+                        continue
+                    if "--zygote" in cmdline and process.ppid() == agent.pid:
+                        continue
+                    if any("burla.exec" in c.cmdline() for c in process.children()):
+                        continue
+                    found.append(process)
+        return found
+
+    def status(self, endpoint: str | None = None) -> dict[str, Any]:
+        """What `burla status` shows: nodes with their used CPUs, and this owner's jobs."""
+        from burla import protocol
+        from burla.client import admin
+        from burla.config import ClusterAddress
+
+        address = ClusterAddress(endpoint or self.endpoint, self.token, False, "test cluster")
+        answer = admin.request(address, protocol.StatusRequest())
+        assert isinstance(answer, protocol.StatusReply), answer
+        return dict(answer.info)
 
     def env(self) -> dict[str, str]:
         return {"BURLA_CLUSTER": self.endpoint, "BURLA_API_KEY": self.token}
