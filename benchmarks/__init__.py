@@ -1,0 +1,1 @@
+"""burla's benchmark suite: workloads on burla and its installed peers (`python -m benchmarks`)."""

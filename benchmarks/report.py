@@ -1,0 +1,123 @@
+"""The markdown report: run header (date, machine, commit) and one table of medians and ratios."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import platform
+import subprocess
+from collections import defaultdict
+from pathlib import Path
+
+import psutil
+
+from benchmarks import targets
+from benchmarks.outcome import Outcome
+from benchmarks.workloads import NOT_IMPLEMENTED, WORKLOADS, fmt_s
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def _git(*args: str) -> str:
+    try:
+        done = subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True,
+                              timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return done.stdout.strip() if done.returncode == 0 else ""
+
+
+def short_commit() -> str:
+    return _git("rev-parse", "--short", "HEAD") or "nocommit"
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def header(
+    mode: str, repeats: int, workers: int, outcomes: list[Outcome], load_at_start: float
+) -> str:
+    dirty = " (working tree has uncommitted changes)" if _git("status", "--porcelain") else ""
+    versions = sorted({o.versions for o in outcomes if o.versions})
+    ram = psutil.virtual_memory().total / 2**30
+    return "\n".join([
+        f"# burla benchmarks, {dt.date.today().isoformat()}",
+        "",
+        f"- commit: `{short_commit()}`{dirty}",
+        f"- machine: {os.cpu_count()} cores ({cpu_model()}), {ram:.1f} GiB RAM, "
+        f"{platform.system()} {platform.release()}, Python {platform.python_version()}",
+        f"- load average (1 min): {load_at_start:.2f} at the start, "
+        f"{os.getloadavg()[0]:.2f} at the end (other processes share this machine's cores)",
+        f"- mode: {mode}, {repeats} repeat(s) per measurement, medians shown; "
+        f"{workers} worker processes for every tool",
+        f"- tools: {', '.join(versions) or 'none ran'}",
+        "- burla/peer: burla's median time divided by the peer's (< 1: burla is faster); "
+        "the target column is checked on burla's row only",
+    ])
+
+
+def _cell(outcome: Outcome, primary: str) -> str:
+    if outcome.skipped:
+        return f"skipped: {outcome.skipped}"
+    if outcome.ok:
+        return fmt_s(outcome.median()[primary])
+    if outcome.killed:
+        bound = f", ran > {fmt_s(outcome.lower_bound_s)}" if outcome.lower_bound_s else ""
+        return f"killed: {outcome.killed}{bound}"
+    return f"failed: {outcome.error}"
+
+
+def _ratio(burla: Outcome | None, peer: Outcome, primary: str) -> str:
+    if peer.tool == "burla" or burla is None or not burla.ok:
+        return ""
+    mine = burla.median()[primary]
+    if peer.ok:
+        return f"{mine / peer.median()[primary]:.2f}"
+    if peer.killed and peer.lower_bound_s:
+        return f"< {mine / peer.lower_bound_s:.2g}"
+    return ""
+
+
+def _escape(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def table(outcomes: list[Outcome], names: list[str]) -> str:
+    by_workload: dict[str, dict[str, Outcome]] = defaultdict(dict)
+    for outcome in outcomes:
+        by_workload[outcome.workload][outcome.tool] = outcome
+    rows = [
+        "| workload | tool | median | detail | burla/peer | target |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name in names:
+        if name in NOT_IMPLEMENTED:
+            rows.append(f"| {name} | — | {name}: not implemented yet | "
+                        f"{NOT_IMPLEMENTED[name]} | | |")
+            continue
+        workload = WORKLOADS[name]
+        tools = by_workload.get(name, {})
+        burla = tools.get("burla")
+        for tool, outcome in tools.items():
+            detail = workload.detail(outcome.median(), tool) if outcome.ok else ""
+            notes = "; ".join(outcome.notes)
+            if notes:
+                detail = f"{detail}; {notes}" if detail else notes
+            target = targets.evaluate(name, tools) if tool == "burla" else ""
+            cells = [f"{name} {workload.title}" if tool == next(iter(tools)) else name, tool,
+                     _cell(outcome, workload.primary), detail,
+                     _ratio(burla, outcome, workload.primary), target]
+            rows.append("| " + " | ".join(_escape(c) for c in cells) + " |")
+    return "\n".join(rows)
+
+
+def default_results_path() -> Path:
+    return RESULTS_DIR / f"{dt.date.today().isoformat()}-{short_commit()}.md"
