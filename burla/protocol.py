@@ -271,9 +271,9 @@ class UploadCredit(Message):
 class Results(Message):
     """Results for inputs `first_index .. first_index+count-1`, consecutive and in order.
 
-    `data` is the concatenation of one pickle per input, `sizes` their byte lengths; `errors`
-    lists the absolute indexes whose pickle is an exception. `chunk_done` means the chunk is
-    finished and its credit returns. `seq` numbers the batches sent to a client, for Ack.
+    `data` is one pickle of the list of `count` values; `errors` lists the absolute indexes
+    whose value is an exception. `chunk_done` means the chunk is finished and its credit
+    returns. `seq` numbers the batches sent to a client, for Ack.
     """
 
     job_id: str
@@ -282,7 +282,6 @@ class Results(Message):
     first_index: int
     count: int
     errors: list[int]
-    sizes: list[int]
     chunk_done: bool
     seq: int
     data: Blob

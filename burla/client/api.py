@@ -6,6 +6,7 @@ import hashlib
 import os
 import pickle
 import platform
+import queue
 import sys
 import uuid
 from collections.abc import Callable, Generator, Iterable
@@ -164,8 +165,11 @@ def _is_user_module(module: Any) -> bool:
         and not path.startswith(sys.base_prefix)
 
 
-def _events(session: JobSession, display: Display) -> Generator[tuple[int, Any], None, None]:
-    """(index, value) for every result as it arrives; raises the first remote exception."""
+def _batches(
+    session: JobSession, display: Display
+) -> Generator[tuple[int, list[Any]], None, None]:
+    """(first index, values) for each run of new results as they arrive; raises the first
+    remote exception, and turns Ctrl-C into a cancel of the job."""
     received = 0
     total: int | None = None
     session.start()
@@ -173,17 +177,20 @@ def _events(session: JobSession, display: Display) -> Generator[tuple[int, Any],
         while total is None or received < total:
             try:
                 kind, payload = session.events.get(timeout=_EVENT_WAIT_SECONDS)
-            except Exception:  # queue.Empty: keep the spinner fresh and wait on
+            except queue.Empty:  # keep the spinner fresh and wait on
                 display.update()
                 continue
             if kind == "results":
-                generation, seq, items = payload
-                for index, ok, value in items:
-                    if not ok:
-                        session.cancel(f"input {index} raised {type(value).__name__}")
-                        raise _with_remote_traceback(value, index)
-                    received += 1
-                    yield index, value
+                generation, seq, batch = payload
+                for first, values in batch.runs():
+                    failed = [i for i in batch.errors if first <= i < first + len(values)]
+                    if failed:
+                        index = min(failed)
+                        error = values[index - first]
+                        session.cancel(f"input {index} raised {type(error).__name__}")
+                        raise _with_remote_traceback(error, index)
+                    received += len(values)
+                    yield first, values
                 session.consumed(generation, seq)
                 display.update(done=received)
             elif kind == "total":
@@ -217,17 +224,18 @@ def _with_remote_traceback(exc: BaseException, index: int) -> BaseException:
 def _collect(session: JobSession, display: Display) -> list[Any]:
     results: list[Any] = []
     with display:
-        for index, value in _events(session, display):
-            if index >= len(results):
-                results.extend([None] * (index + 1 - len(results)))
-            results[index] = value
+        for first, values in _batches(session, display):
+            end = first + len(values)
+            if end > len(results):
+                results.extend([None] * (end - len(results)))
+            results[first:end] = values
     return results
 
 
 def _stream(session: JobSession, display: Display) -> Generator[Any, None, None]:
     with display:
-        for _index, value in _events(session, display):
-            yield value
+        for _first, values in _batches(session, display):
+            yield from values
 
 
 __all__ = ["remote_parallel_map", "attach", "BurlaError"]

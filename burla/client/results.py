@@ -25,29 +25,24 @@ def error_for(kind: str, message: str) -> errors.BurlaError:
     return _ERRORS_BY_KIND.get(kind, errors.BurlaError)(message)
 
 
-def decode_results(msg: protocol.Results) -> list[tuple[int, bool, Any]]:
-    """`(index, ok, value-or-exception)` for every result in a batch."""
-    data = msg.data.buffer if hasattr(msg.data, "buffer") else memoryview(msg.data)
-    failed = set(msg.errors)
-    out = []
-    offset = 0
-    for position, size in enumerate(msg.sizes):
-        index = msg.first_index + position
-        blob = data[offset : offset + size]
-        offset += size
-        try:
-            value = pickle.loads(blob)
-        except Exception as exc:
-            value = errors.RemoteError(
-                type(exc).__name__,
-                f"the result of input {index} could not be unpickled here: {exc}. Is every "
-                f"module it uses installed on this machine?",
-                "",
-            )
-            out.append((index, False, value))
-            continue
-        out.append((index, index not in failed, value))
-    return out
+def decode_results(msg: protocol.Results) -> list[Any]:
+    """The batch's values, in index order (exceptions at the indexes in `msg.errors`)."""
+    data = msg.data.buffer if hasattr(msg.data, "buffer") else msg.data
+    try:
+        values = pickle.loads(data)
+    except Exception as exc:
+        last = msg.first_index + msg.count - 1
+        failure = errors.RemoteError(
+            type(exc).__name__,
+            f"the results of inputs {msg.first_index}..{last} could not be unpickled here: "
+            f"{exc}. Is every module they use installed on this machine?",
+            "",
+        )
+        return [failure] * msg.count
+    if not isinstance(values, list) or len(values) != msg.count:
+        raise errors.BurlaError(f"a result batch for inputs from {msg.first_index} held "
+                                f"{type(values).__name__} instead of {msg.count} values")
+    return values
 
 
 def mark_remote(exc: BaseException, index: int) -> BaseException:

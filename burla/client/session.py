@@ -48,6 +48,32 @@ _IO_THREADS = concurrent.futures.ThreadPoolExecutor(max_workers=256,
                                                     thread_name_prefix="burla-job")
 
 
+@dataclass(frozen=True)
+class Batch:
+    """Results of consecutive inputs from `first`; `fresh` marks those not seen before
+    (None: all of them), `errors` the indexes whose value is an exception."""
+
+    first: int
+    values: list[Any]
+    errors: set[int]
+    fresh: list[bool] | None
+
+    def runs(self) -> list[tuple[int, list[Any]]]:
+        """(first index, values) for each stretch of results new to the caller."""
+        if self.fresh is None:
+            return [(self.first, self.values)]
+        runs: list[tuple[int, list[Any]]] = []
+        for position, new in enumerate(self.fresh):
+            if not new:
+                continue
+            index = self.first + position
+            if runs and runs[-1][0] + len(runs[-1][1]) == index:
+                runs[-1][1].append(self.values[position])
+            else:
+                runs.append((index, [self.values[position]]))
+        return runs
+
+
 class _Reconnect(Exception):
     """The connection is gone; start a new one (carries why, for the error if that fails)."""
 
@@ -70,7 +96,7 @@ class JobSpec:
 
 class JobSession:
     """Events put on `events`: ("accepted", slots), ("progress", running), ("total", n),
-    ("results", (generation, seq, [(index, ok, value), ...])), ("error", exception)."""
+    ("results", (generation, seq, Batch)), ("error", exception)."""
 
     def __init__(
         self,
@@ -323,11 +349,10 @@ class JobSession:
 
     def _results(self, msg: protocol.Results) -> None:
         fresh = self.ledger.accept(msg.first_index, msg.count)
-        items = decode_results(msg)
-        if not all(fresh):
-            items = [item for item, new in zip(items, fresh) if new]
+        values = decode_results(msg)
         self.last_seq = msg.seq
-        self.events.put(("results", (self.generation, msg.seq, items)))
+        batch = Batch(msg.first_index, values, set(msg.errors), None if all(fresh) else fresh)
+        self.events.put(("results", (self.generation, msg.seq, batch)))
 
     def _set_total(self, total: int) -> None:
         if self.total is None:

@@ -16,6 +16,10 @@ from burla import protocol
 RESULT_WINDOW_BYTES = 32 * 1024 * 1024
 
 
+def nbytes(msg: protocol.Results) -> int:
+    return len(msg.data.buffer) if hasattr(msg.data, "buffer") else len(msg.data)
+
+
 @dataclass
 class ResultStream:
     job_id: str
@@ -36,7 +40,7 @@ class ResultStream:
         if not self.client:
             return []  # nobody to send to: a detached job's results wait in the store
         self.backlog.append(msg)
-        self.backlog_bytes += sum(msg.sizes)
+        self.backlog_bytes += nbytes(msg)
         return self.pump()
 
     def pump(self) -> list[tuple[bytes, protocol.Message]]:
@@ -50,7 +54,7 @@ class ResultStream:
                     continue
             elif self.backlog:
                 held = self.backlog.popleft()
-                self.backlog_bytes -= sum(held.sizes)
+                self.backlog_bytes -= nbytes(held)
             else:
                 break
             out.append(self._send(held))
@@ -58,9 +62,9 @@ class ResultStream:
 
     def _send(self, msg: protocol.Results) -> tuple[bytes, protocol.Message]:
         self.seq += 1
-        size = sum(msg.sizes)
+        size = nbytes(msg)
         sent = protocol.Results(
-            self.job_id, msg.chunk_id, 0, msg.first_index, msg.count, msg.errors, msg.sizes,
+            self.job_id, msg.chunk_id, 0, msg.first_index, msg.count, msg.errors,
             msg.chunk_done, self.seq, msg.data)
         self.unacked.append((self.seq, size, sent))
         self.unacked_bytes += size
@@ -90,7 +94,7 @@ class ResultStream:
             self.replay = replay
         else:
             self.backlog.extendleft(reversed(resend))
-            self.backlog_bytes += sum(sum(m.sizes) for m in resend)
+            self.backlog_bytes += sum(nbytes(m) for m in resend)
         return self.pump()
 
     def detach(self) -> None:

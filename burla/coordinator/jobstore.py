@@ -34,7 +34,7 @@ create table if not exists chunks (
     count integer not null, data blob not null, primary key (job_id, chunk_id));
 create table if not exists results (
     id integer primary key, job_id text not null, first_index integer not null,
-    count integer not null, errors text not null, sizes text not null, data blob not null);
+    count integer not null, errors text not null, data blob not null);
 create index if not exists results_by_job on results (job_id, first_index);
 create table if not exists logs (id integer primary key, job_id text not null, entries blob);
 create index if not exists logs_by_job on logs (job_id);
@@ -63,7 +63,6 @@ class StoredResults:
     first_index: int
     count: int
     errors: list[int]
-    sizes: list[int]
     data: bytes
 
 
@@ -106,12 +105,11 @@ class JobStore:
                         (total, job_id))
 
     def add_results(self, job_id: str, first_index: int, count: int, errors: list[int],
-                    sizes: list[int], data: Any) -> None:
+                    data: Any) -> None:
         self.db.execute(
-            "insert into results (job_id, first_index, count, errors, sizes, data) "
-            "values (?, ?, ?, ?, ?, ?)",
-            (job_id, first_index, count, json.dumps(errors), json.dumps(sizes),
-             memoryview(_buffer(data))),
+            "insert into results (job_id, first_index, count, errors, data) "
+            "values (?, ?, ?, ?, ?)",
+            (job_id, first_index, count, json.dumps(errors), memoryview(_buffer(data))),
         )
 
     def add_logs(self, job_id: str, entries: list[list[Any]]) -> None:
@@ -157,12 +155,11 @@ class JobStore:
         ids = [row[0] for row in self.db.execute(
             "select id from results where job_id = ? order by first_index", (job_id,))]
         for row_id in ids:
-            row = self.db.execute("select first_index, count, errors, sizes, data from results "
+            row = self.db.execute("select first_index, count, errors, data from results "
                                   "where id = ?", (row_id,)).fetchone()
             if row is not None:
-                first, count, errors, sizes, data = row
-                yield StoredResults(first, count, json.loads(errors), json.loads(sizes),
-                                    bytes(data))
+                first, count, errors, data = row
+                yield StoredResults(first, count, json.loads(errors), bytes(data))
 
     def logs(self, job_id: str) -> Iterator[list[Any]]:
         rows = self.db.execute("select entries from logs where job_id = ? order by id", (job_id,))
@@ -184,9 +181,11 @@ class JobStore:
                 "select chunk_id, first_index, count from chunks where job_id = ? "
                 "order by first_index", (job_id,)
             ).fetchall():
+                # Results of a chunk are a growing prefix of it (a resend may overlap).
                 reported = self.db.execute(
-                    "select coalesce(sum(count), 0) from results where job_id = ? and "
-                    "first_index >= ? and first_index < ?", (job_id, first, first + count),
+                    "select coalesce(max(first_index + count), ?) - ? from results where "
+                    "job_id = ? and first_index >= ? and first_index < ?",
+                    (first, first, job_id, first, first + count),
                 ).fetchone()[0]
                 chunks.append((chunk_id, first, count, reported))
             stored.append(StoredJob(

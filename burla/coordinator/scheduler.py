@@ -156,7 +156,7 @@ class Scheduler:
     def _replay(self, job: Job) -> Iterator[protocol.Results]:
         for stored in self.store.results(job.job_id):
             yield protocol.Results(job.job_id, -1, 0, stored.first_index, stored.count,
-                                   stored.errors, stored.sizes, False, 0, stored.data)
+                                   stored.errors, False, 0, stored.data)
 
     def restore(self, now: float) -> None:
         """Take back the detached jobs a previous coordinator left in the store."""
@@ -348,11 +348,12 @@ class Scheduler:
         fresh = msg.count - overlap
         job.duplicates += overlap
         if fresh:
-            batch = _trim(msg, overlap)
+            # Sent whole even when it overlaps an earlier attempt's: the client's ledger drops
+            # indexes it holds, so the coordinator never unpickles or splits user data.
             if job.detach:
-                self.store.add_results(job.job_id, batch.first_index, batch.count, batch.errors,
-                                       batch.sizes, batch.data)
-            out += job.stream.deliver(batch)
+                self.store.add_results(job.job_id, msg.first_index, msg.count, msg.errors,
+                                       msg.data)
+            out += job.stream.deliver(msg)
             chunk.reported += fresh
             job.done += fresh
         if msg.chunk_done:
@@ -411,16 +412,3 @@ class Scheduler:
             else:
                 out += self.cancel(job.job_id, None, "the client went silent")
         return out
-
-
-def _trim(msg: protocol.Results, skip: int) -> protocol.Results:
-    """`msg` without its first `skip` results (already delivered by an earlier attempt)."""
-    if skip == 0:
-        return msg
-    data = msg.data.buffer if hasattr(msg.data, "buffer") else memoryview(msg.data)
-    first = msg.first_index + skip
-    return protocol.Results(
-        msg.job_id, msg.chunk_id, msg.attempt, first, msg.count - skip,
-        [i for i in msg.errors if i >= first], msg.sizes[skip:], msg.chunk_done, msg.seq,
-        data[sum(msg.sizes[:skip]):],
-    )

@@ -97,7 +97,7 @@ class Capture:
     def __init__(self) -> None:
         self.separator = b"\0burla-" + os.urandom(6).hex().encode() + b":"
         self._lock = threading.Lock()
-        self._dirty = False  # the reader saw output no separator has claimed yet
+        self.dirty = False  # the reader saw output no separator has claimed yet
         self.python_wrote = False
         self.exact = False  # fd-level writers (C code, subprocesses) were seen
         self.running_index = -1
@@ -123,7 +123,7 @@ class Capture:
 
     def end(self, index: int) -> None:
         """Mark the end of input `index`'s output, if it printed anything."""
-        if not (self.python_wrote or self._dirty or self.exact):
+        if not (self.python_wrote or self.dirty or self.exact):
             return  # the common case: a silent input, no syscall
         if self.python_wrote:
             self.python_wrote = False
@@ -131,11 +131,11 @@ class Capture:
             sys.stderr.flush()
         with self._lock:
             printed = (
-                self._dirty
+                self.dirty
                 or _pending_bytes(self.read_fds[0]) > 0
                 or _pending_bytes(self.read_fds[1]) > 0
             )
-            self._dirty = False
+            self.dirty = False
             if printed:
                 mark = self.separator + str(index).encode() + b"\n"
                 os.write(1, mark)
@@ -156,7 +156,7 @@ class Capture:
             if not chunks:
                 return
             if self._parsers[fd].feed(b"".join(chunks), self.running_index, out):
-                self._dirty = True
+                self.dirty = True
                 if not self.python_wrote:  # nobody in Python wrote it: C code or a subprocess
                     self.exact = True
 

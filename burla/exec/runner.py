@@ -1,8 +1,8 @@
 """The executor's main thread: load a job's function, run input chunks, send results in batches.
 
-Each result is pickled on its own so the coordinator can drop a duplicate index without
-unpickling; results of one chunk go out in batches, flushed by size or age, so a slow call's
-result leaves as soon as it is ready. This module runs user code and nothing else talks to it.
+Results of one chunk go out in batches, each one pickle of a list of values (a pickle per
+value cost more than most calls), flushed by count or age so a slow call's result leaves as soon
+as it is ready. This module runs user code and nothing else talks to it.
 """
 
 from __future__ import annotations
@@ -26,31 +26,47 @@ from burla.errors import RemoteError
 from burla.exec.capture import Capture
 from burla.exec.link import AgentLink
 
-# A partial result batch is sent once it is this old or this large.
+# A partial result batch is sent once it is this old or holds this many results.
 RESULT_FLUSH_SECONDS = 0.005
-RESULT_FLUSH_BYTES = 1024 * 1024
+RESULT_FLUSH_COUNT = 4096
 # Functions kept loaded, for executors reused across jobs.
 FUNCTION_CACHE_SIZE = 8
 _PR_SET_PDEATHSIG = 1
 
 
-def dump_result(value: Any) -> bytes:
+def dump_batch(values: list[Any], errors: list[int], first: int) -> bytes:
+    """One pickle of `values`; a value that cannot travel becomes a RemoteError in `errors`."""
     try:
-        return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+        return pickle.dumps(values, protocol=pickle.HIGHEST_PROTOCOL)
     except Exception:
-        return cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+        pass
+    try:  # functions, lambdas and classes made in user code need cloudpickle
+        return cloudpickle.dumps(values, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception:
+        pass
+    for position, value in enumerate(values):
+        try:
+            cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as exc:
+            values[position] = RemoteError(
+                type(exc).__name__,
+                f"the result of input {first + position} could not be pickled to send it "
+                f"back: {exc}. Return plain data (numbers, strings, lists, arrays) instead.",
+                "",
+            )
+            errors.append(first + position)
+    errors.sort()
+    return cloudpickle.dumps(values, protocol=pickle.HIGHEST_PROTOCOL)
 
 
-def dump_exception(exc: BaseException) -> bytes:
-    """The exception pickled with its traceback, or a RemoteError when it cannot travel."""
+def portable_exception(exc: BaseException) -> BaseException:
+    """`exc` if the client can rebuild it from a pickle, else a RemoteError carrying its text."""
     try:
-        blob = cloudpickle.dumps(exc, protocol=pickle.HIGHEST_PROTOCOL)
-        pickle.loads(blob)  # the client must be able to rebuild it, not just us to write it
-        return blob
+        pickle.loads(cloudpickle.dumps(exc, protocol=pickle.HIGHEST_PROTOCOL))
+        return exc
     except Exception:
         text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-        remote = RemoteError(type(exc).__qualname__, str(exc), text)
-        return pickle.dumps(remote, protocol=pickle.HIGHEST_PROTOCOL)
+        return RemoteError(type(exc).__qualname__, str(exc), text)
 
 
 class Runner:
@@ -89,44 +105,34 @@ class Runner:
         inputs = pickle.loads(chunk.data)
         capture = self.capture
         first = chunk.first_index + chunk.skip
-        parts: list[bytes] = []
-        sizes: list[int] = []
+        values: list[Any] = []
         errors: list[int] = []
-        batch_bytes = 0
         flushed_at = time.monotonic()
+        last = chunk.count - 1
         for position in range(chunk.skip, chunk.count):
             index = chunk.first_index + position
             arg = inputs[position]
-            capture.begin(index)
+            capture.running_index = index
             try:
-                value = function(*arg) if type(arg) is tuple else function(arg)
-                blob = dump_result(value)
+                values.append(function(*arg) if type(arg) is tuple else function(arg))
             except BaseException as exc:  # user code may raise anything, SystemExit included
-                blob = dump_exception(exc.with_traceback(_user_frames(exc.__traceback__)))
+                exc = exc.with_traceback(_user_frames(exc.__traceback__))
+                values.append(portable_exception(exc))
                 errors.append(index)
-            capture.end(index)
-            parts.append(blob)
-            sizes.append(len(blob))
-            batch_bytes += len(blob)
+            if capture.python_wrote or capture.dirty or capture.exact:  # inline: the hot path
+                capture.end(index)
             now = time.monotonic()
-            last = position == chunk.count - 1
-            full = batch_bytes >= RESULT_FLUSH_BYTES
-            if last or full or now - flushed_at >= RESULT_FLUSH_SECONDS:
-                self.link.send(
-                    protocol.Results(
-                        chunk.job_id, chunk.chunk_id, chunk.attempt, first, len(sizes),
-                        errors, sizes, last, 0, b"".join(parts),
-                    )
-                )
-                first = index + 1
-                parts, sizes, errors, batch_bytes, flushed_at = [], [], [], 0, now
+            if (position == last or len(values) >= RESULT_FLUSH_COUNT
+                    or now - flushed_at >= RESULT_FLUSH_SECONDS):
+                blob = dump_batch(values, errors, first)
+                self.link.send(protocol.Results(
+                    chunk.job_id, chunk.chunk_id, chunk.attempt, first, len(values), errors,
+                    position == last, 0, blob))
+                first, values, errors, flushed_at = index + 1, [], [], now
         if chunk.skip >= chunk.count:  # a retry of a chunk whose every input already reported
-            self.link.send(
-                protocol.Results(
-                    chunk.job_id, chunk.chunk_id, chunk.attempt, chunk.first_index + chunk.count,
-                    0, [], [], True, 0, b"",
-                )
-            )
+            self.link.send(protocol.Results(
+                chunk.job_id, chunk.chunk_id, chunk.attempt, chunk.first_index + chunk.count,
+                0, [], True, 0, pickle.dumps([])))
 
 
 def _user_frames(tb: Any) -> Any:
