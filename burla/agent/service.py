@@ -299,10 +299,10 @@ class Agent:
                 f"in a row; the input was given up. If it runs out of memory, raise func_ram; "
                 f"if it crashes the interpreter (segfault, os._exit), fix that call."
             )
-            blob = pickle.dumps(error)
+            blob = pickle.dumps([error])
             done_now = done + 1 == chunk.count
             self.send_up(protocol.Results(job.job_id, chunk.chunk_id, chunk.attempt, index, 1,
-                                          [index], [len(blob)], done_now, 0, blob))
+                                          [index], done_now, 0, blob))
             done += 1
             if done_now:
                 return
