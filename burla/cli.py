@@ -78,6 +78,14 @@ def agent(
     fake_gpus: str = typer.Option("", help="Declare a fake GPU inventory, e.g. A100_40G:2."),
     warm: int = typer.Option(-1, help="Executors to start ahead of jobs; -1: one per CPU."),
     orphan_timeout: float = typer.Option(0.0, help="Stop after this long with no coordinator."),
+    sandbox: bool = typer.Option(
+        False, "--sandbox/--no-sandbox",
+        help="Run executors in namespaces as an unprivileged uid (needs root; cluster nodes).",
+    ),
+    memory_budget_gb: float = typer.Option(
+        0.0, help="Memory all func_ram='dynamic' calls share; 0: RAM less a 10% reserve."
+    ),
+    cgroups: str = typer.Option("auto", help="Cgroup backend: auto, v1, v2 or none."),
     log_level: str = typer.Option("info", help="debug, info, warning or error."),
 ) -> None:
     """Run an agent: offers this machine's CPUs, runs calls in executors."""
@@ -92,20 +100,31 @@ def agent(
         overrides["cpus"] = cpus
     if ram_gb:
         overrides["ram_gb"] = ram_gb
+    if memory_budget_gb:
+        overrides["memory_budget_bytes"] = int(memory_budget_gb * 2**30)
     config = AgentConfig(
         coordinator=coordinator, token=_read_token(token, token_file), state_dir=state_dir,
         image=image, fake_gpus=fake_gpus, warm_executors=warm, orphan_timeout=orphan_timeout,
-        **overrides,
+        token_file=token_file, sandbox=sandbox, cgroups=cgroups, **overrides,
     )
     _serve("agent", log_level, service.run(config))
 
 
 @app.command("exec")
 def exec_(
-    endpoint: str = typer.Option(..., help="The agent's executor endpoint."),
-    id: str = typer.Option(..., help="Executor id the agent gave."),
+    endpoint: str = typer.Option("", help="The agent's executor endpoint."),
+    id: str = typer.Option("", help="Executor id the agent gave."),
+    zygote: bool = typer.Option(False, help="Serve executor forks for the agent instead."),
+    control_fd: int = typer.Option(3, help="The zygote's socket to the agent."),
 ) -> None:
-    """Run one executor (agents start these themselves)."""
+    """Run one executor, or the agent's zygote (agents start these themselves)."""
+    if zygote:
+        from burla.exec.zygote import serve
+
+        serve(control_fd)
+        return
+    if not endpoint or not id:
+        raise typer.BadParameter("--endpoint and --id are required without --zygote")
     from burla.exec.runner import main
 
     main(endpoint, id)

@@ -11,6 +11,16 @@ import psutil
 
 # Chunks each slot may hold beyond the one it runs, so an executor never waits on the network.
 DEFAULT_PREFETCH = 2
+# Memory the dynamic-RAM budget leaves to the OS, the agent and the zygote by default: 10 %,
+# at least 1 GiB, so a runaway call is killed before the node itself thrashes or OOMs.
+MIN_RESERVE_BYTES = 1 << 30
+RESERVE_FRACTION = 0.10
+
+
+def default_memory_budget(total: int | None = None) -> int:
+    """Bytes all func_ram="dynamic" calls of a node may use together: its RAM less a reserve."""
+    total = psutil.virtual_memory().total if total is None else total
+    return max(total - max(MIN_RESERVE_BYTES, int(total * RESERVE_FRACTION)), total // 2)
 
 
 @dataclass(frozen=True)
@@ -29,3 +39,13 @@ class AgentConfig:
     python_version: str = field(
         default_factory=lambda: ".".join(platform.python_version_tuple()[:2])
     )
+    token_file: Path | None = None  # hidden from sandboxed executors, like state_dir
+    sandbox: bool = False  # sandbox executors (takes effect only when the agent is root)
+    cgroups: str = "auto"  # cgroup backend: auto, v1, v2 or none
+    memory_budget_bytes: int = field(default_factory=default_memory_budget)
+
+    def __post_init__(self) -> None:
+        if self.cgroups not in ("auto", "v1", "v2", "none"):
+            raise ValueError(f"cgroups must be auto, v1, v2 or none, got {self.cgroups!r}")
+        if self.memory_budget_bytes <= 0:
+            raise ValueError(f"memory budget must be > 0 bytes, got {self.memory_budget_bytes}")

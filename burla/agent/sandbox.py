@@ -72,11 +72,14 @@ class SandboxSpec:
     pdeath_signal: int = signal.SIGKILL
     # If set: /dev holds only BASIC_DEVICES plus these nodes (hides GPUs on cgroup v2).
     private_dev: tuple[str, ...] | None = None
+    # Paths uid must still reach (the Python installation, burla itself): an ancestor closed to
+    # uid (a Python under a 0700 /root) is covered by a tmpfs holding only the way back to them.
+    exposed_paths: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.uid == 0 or self.gid == 0:
             raise ValueError(f"sandbox uid/gid must be unprivileged, got {self.uid}/{self.gid}")
-        for path in (*self.hidden_paths, *filter(None, [self.workdir])):
+        for path in (*self.hidden_paths, *self.exposed_paths, *filter(None, [self.workdir])):
             if not os.path.isabs(path):
                 raise ValueError(f"sandbox paths must be absolute, got {path!r}")
         for device in self.private_dev or ():
@@ -173,6 +176,7 @@ def enter_sandbox(spec: SandboxSpec) -> None:
     _libc()
     hidden = [(path, os.path.isdir(path)) for path in _existing(spec.hidden_paths, "hide")]
     devices = None if spec.private_dev is None else _device_nodes(spec.private_dev)
+    exposed = closed_ancestors(spec.exposed_paths, spec.uid, spec.gid)
     _set_pdeath_signal(spec.pdeath_signal)
     if os.getppid() != parent:
         raise SandboxError("watch the parent", f"parent {parent} died before the sandbox")
@@ -195,7 +199,54 @@ def enter_sandbox(spec: SandboxSpec) -> None:
     os.close(status_r)
     _become_init(spec.pdeath_signal, status_w)  # returns only in the executor
     signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-    _enter_as_executor(spec, hidden, devices)
+    _enter_as_executor(spec, hidden, devices, exposed)
+
+
+def closed_ancestors(paths: tuple[str, ...], uid: int, gid: int) -> dict[str, list[str]]:
+    """Directories on the way to `paths` that uid/gid may not search, each with its children
+    on that way, shallowest first. Missing paths are skipped: there is nothing to expose."""
+    plan: dict[str, set[str]] = {}
+    for path in paths:
+        real = os.path.realpath(path)
+        if not os.path.exists(real):
+            continue
+        current = "/"
+        for part in real.split("/")[1:]:
+            child = os.path.join(current, part)
+            if not _searchable(os.stat(current), uid, gid):
+                plan.setdefault(current, set()).add(child)
+            current = child
+    ordered = sorted(plan, key=lambda d: d.count("/") - (d == "/"))
+    return {d: sorted(plan[d]) for d in ordered}
+
+
+def _searchable(st: os.stat_result, uid: int, gid: int) -> bool:
+    if st.st_uid == uid:
+        return bool(st.st_mode & stat.S_IXUSR)
+    if st.st_gid == gid:
+        return bool(st.st_mode & stat.S_IXGRP)
+    return bool(st.st_mode & stat.S_IXOTH)
+
+
+def _cover_closed_dirs(plan: dict[str, list[str]]) -> None:
+    """Replace each closed dir by a tmpfs holding bind mounts of just the children in `plan`.
+
+    The children are opened (O_PATH) before any cover hides them, and after the unshare:
+    a bind mount's source must be a mount of our own namespace.
+    """
+    with _step(f"open {', '.join(c for children in plan.values() for c in children)}"):
+        fds = {child: os.open(child, os.O_PATH) for children in plan.values() for child in children}
+    for closed, children in plan.items():
+        with _step(f"cover {closed} but {', '.join(children)}"):
+            _mount("tmpfs", closed, "tmpfs", MS_NOSUID | MS_NODEV, "mode=755,size=64k")
+            for child in children:
+                if stat.S_ISDIR(os.fstat(fds[child]).st_mode):
+                    os.mkdir(child, 0o755)
+                else:
+                    os.close(os.open(child, os.O_CREAT | os.O_WRONLY, 0o644))
+                _mount(f"/proc/self/fd/{fds[child]}", child, None, MS_BIND | MS_REC)
+    for fd in fds.values():
+        os.close(fd)
 
 
 def _existing(paths: tuple[str, ...], purpose: str) -> list[str]:
@@ -305,13 +356,17 @@ def _write_stderr(text: str) -> None:
 
 
 def _enter_as_executor(
-    spec: SandboxSpec, hidden: list[tuple[str, bool]], devices: Nodes | None
+    spec: SandboxSpec,
+    hidden: list[tuple[str, bool]],
+    devices: Nodes | None,
+    exposed: dict[str, list[str]],
 ) -> None:
     """Pid 2: mounts, limits, then the irreversible drop to the unprivileged uid."""
     _set_pdeath_signal(spec.pdeath_signal)  # no race check: pid 1 dying SIGKILLs us anyway
     nodev = MS_NOSUID | MS_NODEV | MS_NOEXEC
     with _step("mount a fresh /proc for the new pid namespace"):
         _mount("proc", "/proc", "proc", nodev)  # the old one shows every host process
+    _cover_closed_dirs(exposed)
     if devices is not None:
         _mount_private_dev(devices)
     for tmp in filter(os.path.isdir, PRIVATE_TMP_DIRS):
@@ -320,6 +375,8 @@ def _enter_as_executor(
     for path, is_dir in hidden:
         if any(os.path.commonpath([path, tmp]) == tmp for tmp in PRIVATE_TMP_DIRS):
             continue  # already replaced by a fresh tmpfs
+        if not os.path.lexists(path):
+            continue  # under a closed dir covered above: already out of reach
         with _step(f"hide {path}"):
             if is_dir:
                 _mount("tmpfs", path, "tmpfs", MS_RDONLY | nodev, "mode=000,size=4k")

@@ -13,21 +13,35 @@ import pickle
 import signal
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import structlog
 import zmq
 
 from burla import __version__, protocol, systemd, transport
+from burla.agent.cgroups import detect_backend
 from burla.agent.config import AgentConfig
-from burla.agent.executors import Executor, ExecutorPool, Shape, describe_exit
+from burla.agent.executors import DEFAULT_SHAPE, DYING, Executor, ExecutorPool, describe_exit
+from burla.agent.failures import Death, judge
+from burla.agent.gpus import discover_gpus
+from burla.agent.limits import (
+    LimitPolicy,
+    Shape,
+    base_sandbox,
+    cgroup_root_name,
+    unreadable_runtime_paths,
+)
+from burla.agent.sandbox import sandbox_supported
 from burla.config import PEER_TIMEOUT_SECONDS, PING_INTERVAL_SECONDS
 from burla.errors import NodeDisconnected
 
 log = structlog.get_logger("burla.agent")
 
-# Crashes of the executor running one input before that input fails (DESIGN §6).
-MAX_CRASHES_PER_INPUT = 3
+# Wait before replacing an executor that died before it started with nothing to blame, so a
+# broken start-up costs a fork a second, not a busy loop.
+START_RETRY_SECONDS = 1.0
 
 
 @dataclass
@@ -41,15 +55,17 @@ class AgentJob:
     env: dict[str, str]
     queue: deque[protocol.Chunk] = field(default_factory=deque)
     crashes: dict[int, int] = field(default_factory=dict)  # input index -> executor deaths
+    parallelism: int = 0  # executors it may have here: slots, less one per dynamic-RAM OOM
 
 
 class Agent:
     def __init__(self, config: AgentConfig) -> None:
         self.config = config
         self.session = os.urandom(6).hex()
-        self.ctx: zmq.Context[object] = zmq.Context()
+        self.ctx: zmq.Context[Any] = zmq.Context()
         self.endpoint = f"ipc://@burla-agent-{os.getpid()}-{self.session}"
-        self.pool = ExecutorPool(self.endpoint, self.on_executor_exit)
+        self.policy = _limit_policy(config)
+        self.pool = ExecutorPool(self.endpoint, self.on_executor_exit, self.policy)
         self.jobs: dict[str, AgentJob] = {}
         self.functions: dict[str, bytes] = {}
         self.registered = asyncio.Event()
@@ -78,9 +94,10 @@ class Agent:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop, f"signal {sig}")
+        self.pool.start()
         warm = self.config.warm_executors
         for _ in range(self.config.cpus if warm < 0 else warm):
-            self.pool.spawn((1, 0, None))
+            self.pool.spawn(DEFAULT_SHAPE)
         self.hello()
         try:
             async with asyncio.TaskGroup() as tasks:
@@ -90,7 +107,7 @@ class Agent:
         except* _Stop:
             pass
         finally:
-            self.pool.shutdown()
+            await self.pool.shutdown()
             self.upstream.close()
             self.downstream.close()
             self.ctx.term()
@@ -104,7 +121,7 @@ class Agent:
             "agent_id": self.config.agent_id,
             "cpus": self.config.cpus,
             "ram_gb": self.config.ram_gb,
-            "gpus": _gpu_types(self.config.fake_gpus),
+            "gpus": [gpu.type for gpu in self.policy.gpus],
             "image": self.config.image,
             "python_version": self.config.python_version,
             "pid": os.getpid(),
@@ -166,7 +183,8 @@ class Agent:
             return
         shape: Shape = (msg.func_cpu, msg.func_ram, msg.func_gpu)
         env = dict(msg.env, BURLA_CLUSTER=self.config.coordinator)
-        job = AgentJob(msg.job_id, msg.function_hash, function, msg.slots, shape, msg.owner, env)
+        job = AgentJob(msg.job_id, msg.function_hash, function, msg.slots, shape, msg.owner, env,
+                       parallelism=msg.slots)
         self.jobs[msg.job_id] = job
         warm = self.pool.idle(shape, msg.owner)[: msg.slots]
         for executor in warm:
@@ -184,7 +202,6 @@ class Agent:
         for executor in self.pool.executors.values():
             if not executor.job_id:
                 self.pool.kill(executor)
-                executor.job_id = "-dying-"
                 return
 
     def attach(self, executor: Executor, job: AgentJob) -> None:
@@ -207,10 +224,15 @@ class Agent:
         if job is None:
             return  # released while in flight; the coordinator requeues what it misses
         job.queue.append(msg)
-        for executor in self.pool.executors.values():
-            if executor.job_id == job.job_id and executor.ready and not executor.busy():
-                self.feed(executor)
+        self.feed_idle(job)
+
+    def feed_idle(self, job: AgentJob) -> None:
+        """Hand queued chunks to the job's ready executors that have none."""
+        for executor in list(self.pool.executors.values()):
+            if not job.queue:
                 return
+            if executor.job_id == job.job_id:
+                self.feed(executor)
 
     def feed(self, executor: Executor) -> None:
         job = self.jobs.get(executor.job_id)
@@ -231,7 +253,6 @@ class Agent:
             if msg.kill and executor.busy():
                 executor.chunk = None
                 self.pool.kill(executor)
-                executor.job_id = "-dying-"
             elif not executor.busy():
                 executor.job_id = ""
         log.info("job_released", job=msg.job_id, killed=msg.kill)
@@ -239,7 +260,7 @@ class Agent:
     def on_ping(self, msg: protocol.Ping) -> None:
         pass
 
-    coordinator_handlers = {
+    coordinator_handlers: ClassVar[dict[type[protocol.Message], Callable[[Any, Any], None]]] = {
         protocol.Welcome: on_welcome,
         protocol.Refuse: on_refuse,
         protocol.Shutdown: on_shutdown,
@@ -261,6 +282,8 @@ class Agent:
             self.send_up(msg)
         elif isinstance(msg, protocol.Hello):
             executor.ready = True
+            log.debug("executor_ready", executor=executor.executor_id, pid=executor.pid,
+                      ms=round((time.monotonic() - executor.requested_at) * 1000, 1))
             job = self.jobs.get(executor.job_id)
             if job is not None:
                 self.load(executor, job)
@@ -278,28 +301,52 @@ class Agent:
                 executor.job_id = ""
 
     def on_executor_exit(self, executor: Executor) -> None:
-        cause = describe_exit(executor.exit_status)
-        chunk = executor.chunk
         job = self.jobs.get(executor.job_id)
-        log.info("executor_exited", executor=executor.executor_id, cause=cause,
-                 job=executor.job_id or None, busy=chunk is not None)
-        if job is None:
+        if job is None or executor.job_id == DYING:
             return
+        chunk = executor.chunk
+        if chunk is None and not executor.ready and job.queue:
+            # It died starting (a sandbox step, a broken runtime): the next chunk takes the
+            # blame, so the failure reaches the user through the crash limit, not a hang.
+            chunk = job.queue.popleft()
+            executor.reported = chunk.skip
         if chunk is not None:
-            self.retry_after_crash(job, chunk, executor.reported, cause)
-        if not self.stopping.is_set():
+            self.after_death(job, executor, chunk)
+            self.top_up(job.job_id)
+        elif executor.ready:
+            self.top_up(job.job_id)
+        else:  # nothing to blame yet: retry the start later, not in a tight loop
+            asyncio.get_running_loop().call_later(START_RETRY_SECONDS, self.top_up, job.job_id)
+
+    def top_up(self, job_id: str) -> None:
+        """Start executors until the job has its parallelism on this node."""
+        job = self.jobs.get(job_id)
+        if job is None or self.stopping.is_set():
+            return
+        running = sum(1 for e in self.pool.executors.values() if e.job_id == job_id)
+        for _ in range(job.parallelism - running):
+            self.make_room(job.shape)
             self.attach(self.pool.spawn(job.shape, job.owner), job)
 
-    def retry_after_crash(self, job: AgentJob, chunk: protocol.Chunk, done: int, cause: str) -> None:
+    def after_death(self, job: AgentJob, executor: Executor, chunk: protocol.Chunk) -> None:
+        """Retry the rest of the chunk, or fail the input that killed its executor first."""
+        done = executor.reported
         index = chunk.first_index + done
-        job.crashes[index] = job.crashes.get(index, 0) + 1
-        if job.crashes[index] >= MAX_CRASHES_PER_INPUT:
-            error = NodeDisconnected(
-                f"the executor running input {index} {cause}, {MAX_CRASHES_PER_INPUT} times "
-                f"in a row; the input was given up. If it runs out of memory, raise func_ram; "
-                f"if it crashes the interpreter (segfault, os._exit), fix that call."
-            )
-            blob = pickle.dumps([error])
+        others = sum(1 for e in self.pool.executors.values() if e.job_id == job.job_id)
+        verdict = judge(Death(
+            index, describe_exit(executor), executor.oom_killed, job.shape[1],
+            job.crashes.get(index, 0), others, self.config.agent_id,
+            self.policy.memory_budget_bytes,
+        ))
+        if verdict.crashed:
+            job.crashes[index] = job.crashes.get(index, 0) + 1
+        if verdict.lower_parallelism:
+            job.parallelism = others
+            log.warning("parallelism_lowered", job=job.job_id, index=index,
+                        parallelism=job.parallelism, reason="out of memory")
+        if verdict.fail is not None:
+            log.warning("input_failed", job=job.job_id, index=index, error=verdict.fail)
+            blob = pickle.dumps([NodeDisconnected(verdict.fail)])
             done_now = done + 1 == chunk.count
             self.send_up(protocol.Results(job.job_id, chunk.chunk_id, chunk.attempt, index, 1,
                                           [index], done_now, 0, blob))
@@ -309,18 +356,33 @@ class Agent:
         retry = protocol.Chunk(job.job_id, chunk.chunk_id, chunk.attempt, chunk.first_index,
                                chunk.count, done, chunk.data)
         job.queue.appendleft(retry)
+        self.feed_idle(job)
 
 
 class _Stop(Exception):
     pass
 
 
-def _gpu_types(fake: str) -> list[str]:
-    """GPU types this node offers (fake inventory for now; NVML lands with the GPU work)."""
-    if not fake:
-        return []
-    kind, _, count = fake.partition(":")
-    return [kind] * int(count or 1)
+def _limit_policy(config: AgentConfig) -> LimitPolicy:
+    """The cgroup backend, GPUs, memory budget and sandbox this agent's executors get."""
+    force = None if config.cgroups == "auto" else config.cgroups
+    backend = detect_backend(root_name=cgroup_root_name(config.state_dir), force=force)
+    gpus = tuple(discover_gpus(config.fake_gpus))
+    sandbox = None
+    if config.sandbox:
+        unsupported = sandbox_supported()
+        if unsupported is None:
+            sandbox = base_sandbox(config.state_dir, config.token_file)
+            unreadable = unreadable_runtime_paths(sandbox.uid, sandbox.gid)
+            if unreadable:
+                log.warning("runtime_unreadable_in_sandbox", paths=unreadable,
+                            uid=sandbox.uid, advice="make them readable by others (chmod o+rX)")
+        else:
+            log.warning("sandbox_unavailable", reason=unsupported)
+    log.info("executor_policy", cgroups=backend.name, enforced=backend.enforced,
+             gpus=[gpu.type for gpu in gpus], sandbox=sandbox is not None,
+             memory_budget_gb=round(config.memory_budget_bytes / 2**30, 2))
+    return LimitPolicy(backend, gpus, config.memory_budget_bytes, sandbox)
 
 
 async def run(config: AgentConfig) -> None:

@@ -1,13 +1,22 @@
-"""`python -m burla.exec`: start one executor quickly, without loading the CLI."""
+"""`python -m burla.exec`: one executor, or with --zygote the agent's fork server; no CLI load."""
 
 from __future__ import annotations
 
 import argparse
 
-from burla.exec.runner import main
-
 parser = argparse.ArgumentParser(prog="burla exec")
-parser.add_argument("--endpoint", required=True)
-parser.add_argument("--id", required=True)
+parser.add_argument("--endpoint", help="the agent's executor endpoint")
+parser.add_argument("--id", help="executor id the agent gave")
+parser.add_argument("--zygote", action="store_true", help="serve forks for the agent")
+parser.add_argument("--control-fd", type=int, default=3, help="the zygote's socket to the agent")
 args = parser.parse_args()
-main(args.endpoint, args.id)
+if args.zygote:
+    from burla.exec.zygote import serve
+
+    serve(args.control_fd)
+else:
+    if not args.endpoint or not args.id:
+        parser.error("--endpoint and --id are required without --zygote")
+    from burla.exec.runner import main
+
+    main(args.endpoint, args.id)

@@ -141,7 +141,7 @@ def _user_frames(tb: Any) -> Any:
 
 
 def die_with_parent() -> None:
-    """Ask the kernel to SIGKILL us when our parent (agent or zygote) dies."""
+    """Ask the kernel to SIGKILL us when our parent (zygote, sandbox reaper or agent) dies."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
@@ -149,10 +149,15 @@ def die_with_parent() -> None:
         pass
 
 
-def main(endpoint: str, executor_id: str) -> None:
-    """Run an executor until the agent says Shutdown (or goes away)."""
+def main(endpoint: str, executor_id: str, parent: int | None = None) -> None:
+    """Run an executor until the agent says Shutdown (or goes away).
+
+    `parent` is the pid that must still be our parent once the death signal is armed (the
+    zygote, or 1 inside a sandbox's pid namespace); None means the parent we started under.
+    """
+    expected = os.getppid() if parent is None else parent
     die_with_parent()
-    if os.getppid() == 1:  # the parent died before we could ask to follow it
+    if os.getppid() != expected:  # the parent died before we could ask to follow it
         sys.exit(0)
     pickling_support.install()
     capture = Capture()

@@ -70,13 +70,19 @@ class Cgroup(Protocol):
 
 
 class CgroupBackend(Protocol):
-    """Creates executor cgroups under the agent's root; "v1", "v2" or "none"."""
+    """Creates executor cgroups under the agent's root; "v1", "v2" or "none".
+
+    `create_group` makes a parent that holds no process itself and caps the memory of all the
+    executors later created with `parent=` its name (the agent's dynamic-RAM budget).
+    """
 
     name: str
     enforced: bool
 
-    def create(self, name: str, limits: Limits) -> Cgroup: ...
+    def create(self, name: str, limits: Limits, parent: str | None = None) -> Cgroup: ...
+    def create_group(self, name: str, memory_bytes: int) -> Cgroup: ...
     def cleanup_stale(self) -> int: ...
+    def remove_root(self) -> None: ...
 
 
 def check_name(name: str) -> str:
@@ -196,6 +202,12 @@ def _sigkill(pids: Iterable[int]) -> None:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+def walk_post_order(root: Path) -> list[Path]:
+    """Every cgroup directory below `root`, children before their parents (the rmdir order)."""
+    found = [Path(top) / name for top, dirs, _ in os.walk(root) for name in dirs]
+    return sorted(found, key=lambda path: len(path.parts), reverse=True)
 
 
 def rmdir_with_retries(path: Path, fs: CgroupFs, *, timeout_s: float) -> None:

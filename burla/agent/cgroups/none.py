@@ -74,8 +74,14 @@ class NoneBackend:
         self.reason = reason
         log.warning("cgroup_limits_not_enforced", reason=reason)
 
-    def create(self, name: str, limits: Limits) -> NoneCgroup:
+    def create(self, name: str, limits: Limits, parent: str | None = None) -> NoneCgroup:
         return NoneCgroup(check_name(name), limits)
+
+    def create_group(self, name: str, memory_bytes: int) -> NoneCgroup:
+        return NoneCgroup(check_name(name), Limits(memory_bytes=memory_bytes))
 
     def cleanup_stale(self) -> int:
         return 0  # a previous run left no cgroups behind
+
+    def remove_root(self) -> None:
+        pass

@@ -23,6 +23,7 @@ from burla.agent.cgroups.base import (
     read_pids,
     rmdir_with_retries,
     wait_until_empty,
+    walk_post_order,
     write_file,
 )
 
@@ -114,7 +115,8 @@ class V1Backend:
         """The `<mount>/<root_name>` directory of every hierarchy we use."""
         return list(dict.fromkeys(m / self.root_name for m in self._mounts.values()))
 
-    def create(self, name: str, limits: Limits) -> V1Cgroup:
+    def create(self, name: str, limits: Limits, parent: str | None = None) -> V1Cgroup:
+        """An executor cgroup at `<root>/[<parent>/]<name>`; a parent comes from create_group."""
         check_name(name)
         controllers = list(REQUIRED_CONTROLLERS)
         if limits.pids is not None or "pids" in self._mounts:
@@ -126,7 +128,18 @@ class V1Backend:
             raise CgroupError(
                 f"cgroup {name!r} needs v1 controllers that are not mounted: {unavailable}"
             )
-        dirs = {c: self._mounts[c] / self.root_name / name for c in controllers}
+        base = self.root_name if parent is None else f"{self.root_name}/{check_name(parent)}"
+        dirs = {c: self._mounts[c] / base / name for c in controllers}
+        return self._make(name, dirs, limits)
+
+    def create_group(self, name: str, memory_bytes: int) -> V1Cgroup:
+        """A parent capping its children's memory together; it spans every hierarchy we use,
+        so any executor can be created below it."""
+        check_name(name)
+        dirs = {c: m / self.root_name / name for c, m in self._mounts.items()}
+        return self._make(name, dirs, Limits(memory_bytes=memory_bytes))
+
+    def _make(self, name: str, dirs: dict[str, Path], limits: Limits) -> V1Cgroup:
         unique = list(dict.fromkeys(dirs.values()))
         existing = [str(d) for d in unique if d.exists()]
         if existing:
@@ -134,7 +147,8 @@ class V1Backend:
         cgroup = V1Cgroup(name, dirs, self._kill_timeout_s)
         try:
             for d in unique:
-                make_dir(d.parent, REAL_FS, exist_ok=True)
+                for ancestor in self._ancestors(d):
+                    make_dir(ancestor, REAL_FS, exist_ok=True)
                 make_dir(d, REAL_FS)
             _apply(dirs, limits)
         except BaseException:
@@ -142,18 +156,28 @@ class V1Backend:
             raise
         return cgroup
 
+    def _ancestors(self, d: Path) -> list[Path]:
+        """The directories between d's mount and d (root first): `<root>`, `<root>/<parent>`."""
+        mount = next(m for m in self._mounts.values() if d.is_relative_to(m))
+        parts = d.relative_to(mount).parts
+        return [mount.joinpath(*parts[:i]) for i in range(1, len(parts))]
+
     def cleanup_stale(self) -> int:
-        names: dict[str, dict[str, Path]] = {}
+        """Remove every cgroup under our roots (deepest first); returns the top-level count."""
+        groups: dict[Path, dict[str, Path]] = {}
         for controller, mount in self._mounts.items():
             root = mount / self.root_name
-            if not root.is_dir():
-                continue
-            for child in root.iterdir():
-                if child.is_dir():
-                    names.setdefault(child.name, {})[controller] = child
-        for name, dirs in names.items():
-            V1Cgroup(name, dirs, self._kill_timeout_s).remove()
-        return len(names)
+            if root.is_dir():
+                for path in walk_post_order(root):
+                    groups.setdefault(path.relative_to(root), {})[controller] = path
+        for relative in sorted(groups, key=lambda p: len(p.parts), reverse=True):
+            V1Cgroup(str(relative), groups[relative], self._kill_timeout_s).remove()
+        return sum(1 for relative in groups if len(relative.parts) == 1)
+
+    def remove_root(self) -> None:
+        """Remove our (empty) root directories; call after every executor cgroup is removed."""
+        for root in self.roots():
+            rmdir_with_retries(root, REAL_FS, timeout_s=self._kill_timeout_s)
 
 
 def _apply(dirs: dict[str, Path], limits: Limits) -> None:

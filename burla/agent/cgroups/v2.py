@@ -34,6 +34,7 @@ from burla.agent.cgroups.base import (
     read_pids,
     rmdir_with_retries,
     wait_until_empty,
+    walk_post_order,
 )
 
 # The leaf holding the agent's own processes; see the module docstring for why it exists.
@@ -148,8 +149,10 @@ class V2Backend:
         make_dir(self.root, self._fs, exist_ok=True)
         self._fs.write(self.root / "cgroup.subtree_control", enable)
 
-    def create(self, name: str, limits: Limits) -> V2Cgroup:
-        path = self.root / check_name(name)
+    def create(self, name: str, limits: Limits, parent: str | None = None) -> V2Cgroup:
+        """An executor cgroup at `<root>/[<parent>/]<name>`; a parent comes from create_group."""
+        base = self.root if parent is None else self.root / check_name(parent)
+        path = base / check_name(name)
         if path.exists():
             raise CgroupError(f"cgroup {path} already exists; run cleanup_stale() first")
         if limits.pids is not None and "pids" not in self.controllers:
@@ -163,13 +166,39 @@ class V2Backend:
             raise
         return cgroup
 
+    def create_group(self, name: str, memory_bytes: int) -> V2Cgroup:
+        """A process-free parent whose memory.max caps all its children together.
+
+        memory.oom.group stays 0 here: an OOM of the group kills one executor, not all.
+        """
+        path = self.root / check_name(name)
+        if path.exists():
+            raise CgroupError(f"cgroup {path} already exists; run cleanup_stale() first")
+        make_dir(path, self._fs)
+        cgroup = V2Cgroup(name, path, self._kill_timeout_s, self._fs)
+        try:
+            self._fs.write(path / "memory.max", str(memory_bytes))
+            if (path / "memory.swap.max").exists():
+                self._fs.write(path / "memory.swap.max", "0")
+            enable = " ".join(f"+{c}" for c in self.controllers)
+            self._fs.write(path / "cgroup.subtree_control", enable)
+        except BaseException:
+            cgroup.remove()
+            raise
+        return cgroup
+
     def cleanup_stale(self) -> int:
+        """Remove every cgroup under our root (deepest first); returns the top-level count."""
         if not self.root.is_dir():
             return 0
-        stale = [child for child in self.root.iterdir() if child.is_dir()]
+        stale = walk_post_order(self.root)
         for child in stale:
             V2Cgroup(child.name, child, self._kill_timeout_s, self._fs).remove()
-        return len(stale)
+        return sum(1 for child in stale if child.parent == self.root)
+
+    def remove_root(self) -> None:
+        """Remove our (empty) root; call after every executor cgroup is removed."""
+        rmdir_with_retries(self.root, self._fs, timeout_s=self._kill_timeout_s)
 
 
 def _apply(path: Path, limits: Limits, fs: CgroupFs) -> None:

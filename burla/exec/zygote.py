@@ -1,0 +1,248 @@
+"""The fork server: imports the executor runtime once and forks executors when its agent asks.
+
+It holds no ZeroMQ context (each executor makes its own after the fork), runs no user code
+itself, and decides no limits: the agent puts each child in its cgroup before telling it to go.
+
+The agent talks to it over one SOCK_SEQPACKET socket, one msgpack map per packet:
+
+    agent -> zygote   {"op": "fork", "id", "endpoint", "env", "sandbox": spec fields | None}
+                      {"op": "go", "id", "ok"}      the child is in its cgroup (ok) or must quit
+                      {"op": "quit"}
+    zygote -> agent   {"op": "ready", "pid"}
+                      {"op": "forked", "id", "pid"}
+                      {"op": "exited", "id", "pid", "status"}   raw wait status
+                      {"op": "fork_failed", "id", "error"}
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import resource
+import select
+import signal
+import socket
+import sys
+import traceback
+from typing import Any, NoReturn
+
+import msgpack
+
+# A child's exit status when it failed before running the executor (the sandbox's reapers
+# and `docker run` use the same).
+SETUP_FAILED_EXIT = 125
+# Largest control packet; a fork request holds the job environment and the sandbox spec.
+MAX_PACKET_BYTES = 1 << 20
+_PR_SET_PDEATHSIG = 1
+
+
+def pack(msg: dict[str, Any]) -> bytes:
+    return msgpack.packb(msg, use_bin_type=True)
+
+
+def unpack(data: bytes) -> dict[str, Any]:
+    msg = msgpack.unpackb(data, raw=False, strict_map_key=False)
+    if not isinstance(msg, dict) or not isinstance(msg.get("op"), str):
+        raise ValueError(f"zygote packet is not an op map: {msg!r}")
+    return msg
+
+
+def set_death_signal(sig: int) -> None:
+    """Ask the kernel to send `sig` when our parent dies (the agent, for the zygote)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0)
+
+
+def _preimport() -> None:
+    """Everything an executor loads before user code, so a fork starts with it in memory."""
+    import cloudpickle  # noqa: F401
+    import tblib.pickling_support  # noqa: F401
+    import zmq  # noqa: F401  # the module only: a context made here would break in children
+
+    import burla  # noqa: F401  # the client too: calls may start nested jobs
+    import burla.agent.sandbox  # noqa: F401
+    import burla.exec.capture  # noqa: F401
+    import burla.exec.link  # noqa: F401
+    import burla.exec.runner  # noqa: F401
+
+
+class Zygote:
+    """The fork loop. Reaps its children and reports each exit with its wait status."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.children: dict[int, str] = {}  # pid -> executor id
+        self.go_fds: dict[str, int] = {}  # executor id -> write end of its go pipe
+        self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_r, False)
+        os.set_blocking(self.wake_w, False)
+        signal.set_wakeup_fd(self.wake_w)
+        signal.signal(signal.SIGCHLD, lambda _sig, _frame: None)  # wakes select via the fd
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C is the agent's
+
+    def send(self, msg: dict[str, Any]) -> None:
+        self.sock.sendall(pack(msg))
+
+    def run(self) -> None:
+        import gc
+
+        gc.freeze()  # the runtime's objects stay shared with every child, never copied by gc
+        self.send({"op": "ready", "pid": os.getpid()})
+        while True:
+            readable, _, _ = select.select([self.sock.fileno(), self.wake_r], [], [])
+            if self.wake_r in readable:
+                while True:
+                    try:
+                        if not os.read(self.wake_r, 4096):
+                            break
+                    except BlockingIOError:
+                        break
+                self.reap()
+            if self.sock.fileno() in readable:
+                data = self.sock.recv(MAX_PACKET_BYTES)
+                if not data:
+                    return  # the agent is gone; children follow by their death signal
+                msg = unpack(data)
+                if msg["op"] == "fork":
+                    self.fork(msg)
+                elif msg["op"] == "go":
+                    self.go(msg["id"], bool(msg["ok"]))
+                elif msg["op"] == "quit":
+                    return
+
+    def fork(self, msg: dict[str, Any]) -> None:
+        executor_id = str(msg["id"])
+        go_r, go_w = os.pipe()
+        try:
+            pid = os.fork()
+        except OSError as e:
+            os.close(go_r)
+            os.close(go_w)
+            self.send({"op": "fork_failed", "id": executor_id, "error": str(e)})
+            return
+        if pid == 0:
+            os.close(go_w)
+            _child(msg, go_r, self.sock.detach())
+        os.close(go_r)
+        self.children[pid] = executor_id
+        self.go_fds[executor_id] = go_w
+        self.send({"op": "forked", "id": executor_id, "pid": pid})
+
+    def go(self, executor_id: str, ok: bool) -> None:
+        fd = self.go_fds.pop(executor_id, None)
+        if fd is None:
+            return  # it died before the agent answered; its exit is on its way
+        try:
+            os.write(fd, b"1" if ok else b"0")
+        except BrokenPipeError:
+            pass
+        os.close(fd)
+
+    def reap(self) -> None:
+        """Report every exited child; kill its process group first, while its pid is held."""
+        while True:
+            try:
+                info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            except ChildProcessError:
+                return
+            if info is None:
+                return
+            pid = info.si_pid
+            try:  # subprocesses the user left behind in its session (the zombie holds the id)
+                os.killpg(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            _, status = os.waitpid(pid, 0)
+            executor_id = self.children.pop(pid, "")
+            fd = self.go_fds.pop(executor_id, None)
+            if fd is not None:
+                os.close(fd)
+            self.send({"op": "exited", "id": executor_id, "pid": pid, "status": status})
+
+    def stop(self) -> None:
+        for pid in list(self.children):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        for pid in list(self.children):
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass
+
+
+def _child(msg: dict[str, Any], go_r: int, control_fd: int) -> NoReturn:
+    """In the fork: wait to be placed in the cgroup, then (sandbox and) run the executor."""
+    code = SETUP_FAILED_EXIT
+    try:
+        zygote = os.getppid()
+        signal.set_wakeup_fd(-1)
+        for sig in (signal.SIGCHLD, signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_DFL)
+        os.setsid()  # its own process group: the zygote kills what is left of it at exit
+        set_death_signal(signal.SIGKILL)
+        if os.getppid() != zygote:
+            os._exit(code)
+        os.close(control_fd)
+        os.closerange(3, go_r)
+        os.closerange(go_r + 1, os.sysconf("SC_OPEN_MAX"))
+        if os.read(go_r, 1) != b"1":  # the agent could not place us in our cgroup
+            os._exit(code)
+        os.close(go_r)
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # a crash never dumps user data
+        os.environ.update(msg["env"])
+        sys.argv = ["burla-exec", "--id", str(msg["id"])]
+        parent = zygote
+        if msg.get("sandbox") is not None:
+            from burla.agent.sandbox import SandboxError, enter_sandbox
+
+            try:
+                enter_sandbox(sandbox_spec(msg["sandbox"]))
+            except SandboxError as e:
+                os.write(2, f"burla executor {msg['id']}: {e}\n".encode())
+                os._exit(code)
+            parent = 1  # pid 1 of the new pid namespace, the sandbox's reaper
+        from burla.exec.runner import main
+
+        code = 1
+        main(str(msg["endpoint"]), str(msg["id"]), parent=parent)
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:
+                pass
+        os._exit(code)
+
+
+def sandbox_spec(fields: dict[str, Any]) -> Any:
+    """The SandboxSpec a fork request carries (lists back to tuples, rlimits keyed by int)."""
+    from burla.agent.sandbox import SandboxSpec
+
+    values: dict[str, Any] = {
+        k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()
+    }
+    values["rlimits"] = {int(k): tuple(v) for k, v in fields.get("rlimits", {}).items()}
+    return SandboxSpec(**values)
+
+
+def serve(control_fd: int) -> None:
+    """Run the zygote on the socket the agent passed as `control_fd`, until told to quit."""
+    agent = os.getppid()
+    set_death_signal(signal.SIGKILL)
+    if os.getppid() != agent:
+        return
+    _preimport()
+    zygote = Zygote(socket.socket(fileno=control_fd))
+    try:
+        zygote.run()
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    finally:
+        zygote.stop()

@@ -1,0 +1,59 @@
+"""A call that kills its executor (os._exit, SIGKILL, segfault) is retried on a fresh one; the
+third crash on one input fails it with NodeDisconnected naming the cause; the cluster goes on."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+import burla
+from burla import remote_parallel_map
+
+pytestmark = pytest.mark.timeout(60)
+
+CAUSES = {"exit": "exited with code 3", "sigkill": "signal SIGKILL", "segfault": "signal SIGSEGV"}
+
+
+def crash(kind: str) -> None:
+    import ctypes
+    import signal
+
+    if kind == "exit":
+        os._exit(3)
+    if kind == "sigkill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    ctypes.string_at(0)  # reads address 0: SIGSEGV
+
+
+def crash_first_time(kind: str, marker: str) -> int:
+    if not os.path.exists(marker):
+        Path(marker).write_text(str(os.getpid()))
+        crash(kind)
+    return os.getpid()
+
+
+def identity(x: int) -> int:
+    return x
+
+
+@pytest.mark.parametrize("kind", sorted(CAUSES))
+def test_crash_is_retried_on_a_fresh_executor(cluster, tmp_path: Path, kind: str) -> None:
+    marker = tmp_path / "crashed"
+    [pid] = remote_parallel_map(crash_first_time, [(kind, str(marker))], spinner=False)
+    assert marker.exists(), "the first attempt did not run"
+    assert pid != int(marker.read_text()), "the retry ran in the executor that crashed"
+
+
+@pytest.mark.parametrize("kind", sorted(CAUSES))
+def test_third_crash_fails_the_input_naming_the_cause_and_cluster_goes_on(
+    cluster, kind: str
+) -> None:
+    with pytest.raises(burla.NodeDisconnected) as caught:
+        remote_parallel_map(crash, [kind], spinner=False)
+    message = str(caught.value)
+    assert CAUSES[kind] in message, message
+    assert "3 times in a row" in message
+    assert caught.value.burla_input_index == 0
+    assert remote_parallel_map(identity, [1, 2, 3], spinner=False) == [1, 2, 3]

@@ -1,0 +1,159 @@
+"""From inside a running call on an agent started with --sandbox (root only): own namespaces,
+private /tmp, the unprivileged uid, no new privileges, rlimits, a parent-death signal, and the
+agent's token and state dir out of reach."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import shutil
+import signal
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from daemons import Cluster
+
+import burla
+from burla import remote_parallel_map
+from burla.agent.limits import runtime_paths
+from burla.agent.sandbox import NOBODY, closed_ancestors, sandbox_supported
+
+UNSUPPORTED = sandbox_supported()
+pytestmark = [
+    pytest.mark.skipif(UNSUPPORTED is not None, reason=f"sandbox unsupported: {UNSUPPORTED}"),
+    pytest.mark.timeout(60),
+]
+PR_GET_PDEATHSIG = 2
+NAMESPACES = ("pid", "mnt", "ipc")
+
+
+def attempt(action: Any) -> dict[str, Any]:
+    try:
+        return {"value": action()}
+    except OSError as e:
+        return {"error": type(e).__name__}
+
+
+def inspect(paths: dict[str, Any]) -> dict[str, Any]:
+    """Everything a call can learn about its confinement (runs as the user function)."""
+    import colorsys  # noqa: F401  # a stdlib module no executor pre-imports: readable as nobody
+    import resource
+
+    status = dict(line.split(":\t", 1) for line in Path("/proc/self/status").read_text()
+                  .splitlines())
+    pdeath = ctypes.c_int()
+    ctypes.CDLL(None, use_errno=True).prctl(PR_GET_PDEATHSIG, ctypes.byref(pdeath), 0, 0, 0)
+    tmp = sorted(os.listdir("/tmp"))
+    Path("/tmp", paths["inside_marker"]).write_text("inside")
+    return {
+        "ids": [os.getresuid(), os.getresgid(), os.getgroups()],
+        "ns": {kind: os.readlink(f"/proc/self/ns/{kind}") for kind in NAMESPACES},
+        "pid": os.getpid(),
+        "proc_pids": sorted(int(p) for p in os.listdir("/proc") if p.isdigit()),
+        "tmp": tmp,
+        "host_marker_visible": os.path.exists(paths["host_marker"]),
+        "no_new_privs": status["NoNewPrivs"].strip(),
+        "cap_eff": int(status["CapEff"], 16),
+        "core": resource.getrlimit(resource.RLIMIT_CORE),
+        "pdeath": pdeath.value,
+        "cwd": os.getcwd(),
+        "token": attempt(Path(paths["token"]).read_text),
+        "state": attempt(lambda: os.listdir(paths["state"])),
+        "closed": {d: attempt(lambda d=d: sorted(os.listdir(d))) for d in paths["closed"]},
+        "env_values": list(os.environ.values()),
+    }
+
+
+def segfault(_x: Any) -> None:
+    ctypes.string_at(0)
+
+
+@pytest.fixture(scope="module")
+def sandboxed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Cluster, Path]]:
+    """An agent with --sandbox whose state dir and token sit outside /tmp, world-readable, so
+    only the sandbox keeps a call from them."""
+    outside = Path(tempfile.mkdtemp(prefix="burla-sandbox-test-", dir="/var/lib"))
+    cluster = Cluster(tmp_path_factory.mktemp("sandboxed"))
+    saved = {key: os.environ.get(key) for key in ("BURLA_CLUSTER", "BURLA_API_KEY")}
+    try:
+        os.chmod(outside, 0o755)
+        cluster.start_coordinator()
+        token = outside / "token"
+        token.write_text(cluster.token)
+        os.chmod(token, 0o644)
+        cluster.start_agent("--sandbox", "--state-dir", str(outside / "state"),
+                            "--token-file", str(token))
+        os.environ.update(cluster.env())
+        yield cluster, outside
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        cluster.stop()
+        shutil.rmtree(outside, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def facts(sandboxed: tuple[Cluster, Path]) -> dict[str, Any]:
+    cluster, outside = sandboxed
+    host_marker = Path("/tmp") / f"burla-host-{uuid.uuid4().hex}"
+    host_marker.write_text("host")
+    closed = list(closed_ancestors(runtime_paths(), NOBODY, NOBODY))
+    paths = {"inside_marker": f"burla-inside-{uuid.uuid4().hex}", "host_marker": str(host_marker),
+             "token": str(outside / "token"), "state": str(outside / "state"), "closed": closed}
+    try:
+        [result] = remote_parallel_map(inspect, [paths], spinner=False)
+    finally:
+        host_marker.unlink()
+    result["inside_marker_on_host"] = (Path("/tmp") / paths["inside_marker"]).exists()
+    return result
+
+
+def test_call_has_its_own_pid_mount_and_ipc_namespaces(facts: dict[str, Any]) -> None:
+    for kind in NAMESPACES:
+        assert facts["ns"][kind] != os.readlink(f"/proc/self/ns/{kind}"), kind
+    assert facts["pid"] == 2 and facts["proc_pids"] == [1, 2]
+
+
+def test_call_has_a_private_tmp(facts: dict[str, Any]) -> None:
+    assert facts["tmp"] == ["burla"] and facts["cwd"] == "/tmp/burla"
+    assert not facts["host_marker_visible"] and not facts["inside_marker_on_host"]
+
+
+def test_call_runs_unprivileged_without_new_privileges(facts: dict[str, Any]) -> None:
+    assert facts["ids"] == [(NOBODY,) * 3, (NOBODY,) * 3, []]
+    assert facts["no_new_privs"] == "1" and facts["cap_eff"] == 0
+
+
+def test_call_has_rlimits_and_dies_with_its_parent(facts: dict[str, Any]) -> None:
+    assert facts["core"] == (0, 0)
+    assert facts["pdeath"] == signal.SIGKILL
+
+
+def test_agent_token_and_state_dir_are_out_of_reach(
+    facts: dict[str, Any], sandboxed: tuple[Cluster, Path]
+) -> None:
+    cluster, outside = sandboxed
+    assert (outside / "token").read_text() == cluster.token, "the host view is untouched"
+    assert facts["token"] == {"value": ""}, "the token file reads as /dev/null"
+    assert facts["state"] == {"error": "PermissionError"}
+    assert cluster.token not in facts["env_values"]
+
+
+def test_closed_dirs_show_only_the_way_to_the_runtime(facts: dict[str, Any]) -> None:
+    plan = closed_ancestors(runtime_paths(), NOBODY, NOBODY)
+    for closed, listing in facts["closed"].items():
+        assert listing == {"value": sorted(os.path.basename(c) for c in plan[closed])}
+
+
+def test_crash_in_the_sandbox_reports_the_executor_signal(
+    sandboxed: tuple[Cluster, Path],
+) -> None:
+    with pytest.raises(burla.NodeDisconnected, match="signal SIGSEGV"):
+        remote_parallel_map(segfault, [1], spinner=False)
