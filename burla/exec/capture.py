@@ -110,13 +110,13 @@ class Capture:
             os.set_blocking(read_fd, False)
             self.read_fds.append(read_fd)
             self._parsers[read_fd] = _StreamParser(stream, self.separator)
-        streams = []
+        wrappers = []
         for fd in (1, 2):
-            stream = _Stream(io.FileIO(fd, "w", closefd=False), encoding="utf-8",
-                             errors="replace", line_buffering=True)
-            stream.capture = self
-            streams.append(stream)
-        sys.stdout, sys.stderr = streams
+            wrapper = _Stream(io.FileIO(fd, "w", closefd=False), encoding="utf-8",
+                              errors="replace", line_buffering=True)
+            wrapper.capture = self
+            wrappers.append(wrapper)
+        sys.stdout, sys.stderr = wrappers
 
     def begin(self, index: int) -> None:
         self.running_index = index
