@@ -152,11 +152,7 @@ class JobSession:
     def cancel(self, reason: str) -> None:
         """Cancel the job on the cluster and stop; waits briefly for the Cancel to leave."""
         self._cancel_reason = reason
-        try:
-            self._wake_tx.send(b"", flags=zmq.NOBLOCK)
-        except zmq.ZMQError:
-            pass
-        self._join(timeout=2)
+        self._wake_and_join()
 
     @property
     def detached(self) -> bool:
@@ -166,6 +162,9 @@ class JobSession:
     def leave(self) -> None:
         """Stop following the job without cancelling it."""
         self._leaving = True
+        self._wake_and_join()
+
+    def _wake_and_join(self) -> None:
         try:
             self._wake_tx.send(b"", flags=zmq.NOBLOCK)
         except zmq.ZMQError:
