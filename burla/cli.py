@@ -116,12 +116,15 @@ def exec_(
     id: str = typer.Option("", help="Executor id the agent gave."),
     zygote: bool = typer.Option(False, help="Serve executor forks for the agent instead."),
     control_fd: int = typer.Option(3, help="The zygote's socket to the agent."),
+    cgroup_root: list[str] = typer.Option(
+        [], help="The agent's cgroup root, removed by the zygote if the agent dies."
+    ),
 ) -> None:
     """Run one executor, or the agent's zygote (agents start these themselves)."""
     if zygote:
         from burla.exec.zygote import serve
 
-        serve(control_fd)
+        serve(control_fd, cgroup_root)
         return
     if not endpoint or not id:
         raise typer.BadParameter("--endpoint and --id are required without --zygote")

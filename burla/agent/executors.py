@@ -46,6 +46,7 @@ class Executor:
     ready: bool = False  # sent its Hello
     job_id: str = ""  # the job it serves now, "" when idle-warm
     loaded_hash: str = ""
+    proven: bool = False  # has sent a result since its last Load: the function loads there
     chunk: protocol.Chunk | None = None  # the chunk it is running
     reported: int = 0  # inputs of `chunk` whose results reached us
     exit_status: int | None = None  # exit code, or -signal; None when unknown
@@ -73,8 +74,9 @@ class ExecutorPool:
     _emptied: asyncio.Event = field(default_factory=asyncio.Event)
 
     def __post_init__(self) -> None:
+        roots = [str(root) for root in self.policy.backend.roots()]
         self.forkserver = ForkServer(self._forked, self._exited, self._fork_failed,
-                                     self._zygote_lost)
+                                     self._zygote_lost, roots)
         self.free_gpus = list(self.policy.gpus)
 
     def start(self) -> None:

@@ -40,7 +40,9 @@ class ForkServer:
     """One zygote process; `on_lost` is called (from the loop) if it dies unasked."""
 
     def __init__(self, on_forked: OnForked, on_exited: OnExited, on_failed: OnFailed,
-                 on_lost: Callable[[], None]) -> None:
+                 on_lost: Callable[[], None], cgroup_roots: list[str]) -> None:
+        """`cgroup_roots`: what the zygote removes should the agent die before it."""
+        self.cgroup_roots = cgroup_roots
         self.on_forked = on_forked
         self.on_exited = on_exited
         self.on_failed = on_failed
@@ -58,8 +60,9 @@ class ForkServer:
         env = {k: v for k, v in os.environ.items() if k not in PRIVATE_ENV}
         fd = zygote_side.fileno()
         self.started_at = time.monotonic()
+        roots = [arg for root in self.cgroup_roots for arg in ("--cgroup-root", root)]
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "burla.exec", "--zygote", "--control-fd", str(fd)],
+            [sys.executable, "-m", "burla.exec", "--zygote", "--control-fd", str(fd), *roots],
             pass_fds=[fd], stdin=subprocess.DEVNULL, env=env,
             start_new_session=True,  # a Ctrl-C at the agent's terminal is not the calls' business
         )

@@ -39,6 +39,10 @@ from burla.errors import NodeDisconnected
 
 log = structlog.get_logger("burla.agent")
 
+# Every message of an agent the coordinator forgot is refused; one Hello per this long answers.
+REHELLO_SECONDS = 0.5
+# Longest the agent waits for its warm executors before registering without them.
+WARM_UP_TIMEOUT_SECONDS = 20.0
 # Wait before replacing an executor that died before it started with nothing to blame, so a
 # broken start-up costs a fork a second, not a busy loop.
 START_RETRY_SECONDS = 1.0
@@ -69,9 +73,11 @@ class Agent:
         self.jobs: dict[str, AgentJob] = {}
         self.functions: dict[str, bytes] = {}
         self.registered = asyncio.Event()
+        self.warmed = asyncio.Event()  # every executor started at launch has said Hello
         self.stopping = asyncio.Event()
         self.last_heard = time.monotonic()
         self.last_sent = 0.0
+        self.hello_sent_at = 0.0
         self.upstream: transport.Channel
         self.downstream: transport.Channel
 
@@ -98,6 +104,13 @@ class Agent:
         warm = self.config.warm_executors
         for _ in range(self.config.cpus if warm < 0 else warm):
             self.pool.spawn(DEFAULT_SHAPE)
+        self.check_warm()
+        try:
+            # Register once the warm executors are up: a first job then starts at once.
+            await asyncio.wait_for(self.warmed.wait(), WARM_UP_TIMEOUT_SECONDS)
+        except TimeoutError:
+            log.warning("warm_up_slow", seconds=WARM_UP_TIMEOUT_SECONDS,
+                        waiting=sum(not e.ready for e in self.pool.executors.values()))
         self.hello()
         try:
             async with asyncio.TaskGroup() as tasks:
@@ -115,6 +128,11 @@ class Agent:
     def stop(self, reason: str) -> None:
         log.info("agent_stopping", reason=reason)
         self.stopping.set()
+        self.warmed.set()
+
+    def check_warm(self) -> None:
+        if not self.warmed.is_set() and all(e.ready for e in self.pool.executors.values()):
+            self.warmed.set()
 
     def hello(self) -> None:
         info = {
@@ -126,8 +144,16 @@ class Agent:
             "python_version": self.config.python_version,
             "pid": os.getpid(),
         }
+        self.hello_sent_at = time.monotonic()
         self.send_up(protocol.Hello("agent", protocol.PROTOCOL_VERSION, __version__,
                                     self.config.token, self.session, info))
+
+    def register_again(self) -> None:
+        """Hello once more. The coordinator then treats us as a new node and requeues what we
+        ran, so our jobs are void: their busy executors are killed, the idle ones kept warm."""
+        for job_id in list(self.jobs):
+            self.on_release(protocol.Release(job_id, True))
+        self.hello()
 
     async def heartbeat(self) -> None:
         watchdog = systemd.watchdog_interval()
@@ -142,7 +168,7 @@ class Agent:
             if silent > PEER_TIMEOUT_SECONDS and self.registered.is_set():
                 log.warning("coordinator_silent", seconds=round(silent, 1))
                 self.registered.clear()
-                self.hello()  # re-register under our session once it answers again
+                self.register_again()
             orphan = self.config.orphan_timeout
             if orphan and silent > orphan:
                 self.stop(f"no coordinator for {orphan:.0f}s")
@@ -168,6 +194,12 @@ class Agent:
             systemd.notify(ready="1", status="registered", mainpid=str(os.getpid()))
 
     def on_refuse(self, msg: protocol.Refuse) -> None:
+        if msg.kind == "unknown_peer":  # it forgot us (declared us lost, or restarted)
+            if time.monotonic() - self.hello_sent_at >= REHELLO_SECONDS:
+                log.warning("coordinator_forgot_agent", message=msg.message)
+                self.registered.clear()
+                self.register_again()
+            return
         log.error("coordinator_refused", kind=msg.kind, message=msg.message)
         self.stop(f"refused: {msg.message}")
 
@@ -207,6 +239,7 @@ class Agent:
     def attach(self, executor: Executor, job: AgentJob) -> None:
         executor.job_id = job.job_id
         executor.owner = job.owner
+        executor.proven = False
         if executor.ready:
             self.load(executor, job)
 
@@ -273,7 +306,7 @@ class Agent:
     # --- from executors ---------------------------------------------------------------------
 
     def on_executor_message(self, peer: bytes, msg: protocol.Message) -> None:
-        executor = self.pool.executors.get(peer.decode())
+        executor = self.pool.executors.get(peer.decode("ascii", "replace"))
         if executor is None:
             return
         if isinstance(msg, protocol.Results):
@@ -284,6 +317,7 @@ class Agent:
             executor.ready = True
             log.debug("executor_ready", executor=executor.executor_id, pid=executor.pid,
                       ms=round((time.monotonic() - executor.requested_at) * 1000, 1))
+            self.check_warm()
             job = self.jobs.get(executor.job_id)
             if job is not None:
                 self.load(executor, job)
@@ -292,6 +326,7 @@ class Agent:
         if executor.chunk is None or executor.chunk.chunk_id != msg.chunk_id:
             return  # results of a chunk we gave up on
         executor.reported += msg.count
+        executor.proven = True
         self.send_up(msg)
         if msg.chunk_done:
             executor.chunk = None
@@ -301,19 +336,21 @@ class Agent:
                 executor.job_id = ""
 
     def on_executor_exit(self, executor: Executor) -> None:
+        self.check_warm()
         job = self.jobs.get(executor.job_id)
         if job is None or executor.job_id == DYING:
             return
-        chunk = executor.chunk
-        if chunk is None and not executor.ready and job.queue:
-            # It died starting (a sandbox step, a broken runtime): the next chunk takes the
-            # blame, so the failure reaches the user through the crash limit, not a hang.
-            chunk = job.queue.popleft()
+        chunk, blamed = executor.chunk, False
+        if chunk is None and not executor.proven and job.queue:
+            # It died starting or loading the function (a sandbox step, a function that does
+            # not unpickle): the next chunk takes the blame, so the failure reaches the user
+            # through the crash limit instead of a loop of forks.
+            chunk, blamed = job.queue.popleft(), True
             executor.reported = chunk.skip
         if chunk is not None:
-            self.after_death(job, executor, chunk)
+            self.after_death(job, executor, chunk, blamed)
             self.top_up(job.job_id)
-        elif executor.ready:
+        elif executor.proven:
             self.top_up(job.job_id)
         else:  # nothing to blame yet: retry the start later, not in a tight loop
             asyncio.get_running_loop().call_later(START_RETRY_SECONDS, self.top_up, job.job_id)
@@ -328,13 +365,20 @@ class Agent:
             self.make_room(job.shape)
             self.attach(self.pool.spawn(job.shape, job.owner), job)
 
-    def after_death(self, job: AgentJob, executor: Executor, chunk: protocol.Chunk) -> None:
-        """Retry the rest of the chunk, or fail the input that killed its executor first."""
+    def after_death(self, job: AgentJob, executor: Executor, chunk: protocol.Chunk,
+                    blamed: bool) -> None:
+        """Retry the rest of the chunk, or fail the input that killed its executor first.
+
+        `blamed`: the executor died before taking the chunk (starting, loading the function).
+        """
         done = executor.reported
         index = chunk.first_index + done
         others = sum(1 for e in self.pool.executors.values() if e.job_id == job.job_id)
+        cause = describe_exit(executor)
+        if blamed:
+            cause += " before it could run any input (starting, or loading the function)"
         verdict = judge(Death(
-            index, describe_exit(executor), executor.oom_killed, job.shape[1],
+            index, cause, executor.oom_killed, job.shape[1],
             job.crashes.get(index, 0), others, self.config.agent_id,
             self.policy.memory_budget_bytes,
         ))

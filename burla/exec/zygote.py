@@ -2,6 +2,8 @@
 
 It holds no ZeroMQ context (each executor makes its own after the fork), runs no user code
 itself, and decides no limits: the agent puts each child in its cgroup before telling it to go.
+If the agent dies (its socket closes, or the death signal SIGTERM arrives), the zygote kills
+its children and removes the agent's cgroup roots, so a killed agent leaves nothing behind.
 
 The agent talks to it over one SOCK_SEQPACKET socket, one msgpack map per packet:
 
@@ -24,6 +26,7 @@ import signal
 import socket
 import sys
 import traceback
+from pathlib import Path
 from typing import Any, NoReturn
 
 import msgpack
@@ -71,6 +74,7 @@ class Zygote:
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
+        self.agent_gone = False
         self.children: dict[int, str] = {}  # pid -> executor id
         self.go_fds: dict[str, int] = {}  # executor id -> write end of its go pipe
         self.wake_r, self.wake_w = os.pipe()
@@ -79,16 +83,21 @@ class Zygote:
         signal.set_wakeup_fd(self.wake_w)
         signal.signal(signal.SIGCHLD, lambda _sig, _frame: None)  # wakes select via the fd
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C is the agent's
+        signal.signal(signal.SIGTERM, self._on_sigterm)  # also our death signal: agent gone
+
+    def _on_sigterm(self, _sig: int, _frame: Any) -> None:
+        self.agent_gone = True
 
     def send(self, msg: dict[str, Any]) -> None:
         self.sock.sendall(pack(msg))
 
-    def run(self) -> None:
+    def run(self) -> bool:
+        """Serve until told to quit (False) or until the agent is gone (True)."""
         import gc
 
         gc.freeze()  # the runtime's objects stay shared with every child, never copied by gc
         self.send({"op": "ready", "pid": os.getpid()})
-        while True:
+        while not self.agent_gone:
             readable, _, _ = select.select([self.sock.fileno(), self.wake_r], [], [])
             if self.wake_r in readable:
                 while True:
@@ -101,14 +110,15 @@ class Zygote:
             if self.sock.fileno() in readable:
                 data = self.sock.recv(MAX_PACKET_BYTES)
                 if not data:
-                    return  # the agent is gone; children follow by their death signal
+                    return True
                 msg = unpack(data)
                 if msg["op"] == "fork":
                     self.fork(msg)
                 elif msg["op"] == "go":
                     self.go(msg["id"], bool(msg["ok"]))
                 elif msg["op"] == "quit":
-                    return
+                    return False
+        return True
 
     def fork(self, msg: dict[str, Any]) -> None:
         executor_id = str(msg["id"])
@@ -232,17 +242,28 @@ def sandbox_spec(fields: dict[str, Any]) -> Any:
     return SandboxSpec(**values)
 
 
-def serve(control_fd: int) -> None:
-    """Run the zygote on the socket the agent passed as `control_fd`, until told to quit."""
+def serve(control_fd: int, cgroup_roots: list[str] | None = None) -> None:
+    """Run the zygote on the socket the agent passed as `control_fd`, until told to quit.
+
+    `cgroup_roots` are the agent's cgroup roots, removed here if the agent dies first.
+    """
     agent = os.getppid()
-    set_death_signal(signal.SIGKILL)
-    if os.getppid() != agent:
-        return
+    set_death_signal(signal.SIGTERM)
     _preimport()
     zygote = Zygote(socket.socket(fileno=control_fd))
+    agent_gone = True
     try:
-        zygote.run()
+        if os.getppid() == agent:
+            agent_gone = zygote.run()
     except (BrokenPipeError, ConnectionResetError):
         pass
     finally:
         zygote.stop()
+    if agent_gone and cgroup_roots:
+        from burla.agent.cgroups.base import remove_tree
+
+        for root in cgroup_roots:
+            try:
+                remove_tree(Path(root))
+            except Exception as e:  # best effort: the next agent's cleanup_stale retries
+                os.write(2, f"burla zygote: cannot remove cgroup {root}: {e}\n".encode())

@@ -38,6 +38,18 @@ def identity(x: int) -> int:
     return x
 
 
+class ExitOnUnpickle:
+    def __reduce__(self) -> tuple[object, tuple[int]]:
+        return os._exit, (7,)
+
+
+def closes_over_exit(x: int) -> int:
+    return x + len([EXIT_ON_LOAD])
+
+
+EXIT_ON_LOAD = ExitOnUnpickle()
+
+
 @pytest.mark.parametrize("kind", sorted(CAUSES))
 def test_crash_is_retried_on_a_fresh_executor(cluster, tmp_path: Path, kind: str) -> None:
     marker = tmp_path / "crashed"
@@ -57,3 +69,10 @@ def test_third_crash_fails_the_input_naming_the_cause_and_cluster_goes_on(
     assert "3 times in a row" in message
     assert caught.value.burla_input_index == 0
     assert remote_parallel_map(identity, [1, 2, 3], spinner=False) == [1, 2, 3]
+
+
+def test_function_that_kills_its_executor_on_load_fails_instead_of_looping(cluster) -> None:
+    with pytest.raises(burla.NodeDisconnected) as caught:
+        remote_parallel_map(closes_over_exit, [1], spinner=False)
+    assert "exited with code 7, 3 times in a row" in str(caught.value)
+    assert remote_parallel_map(identity, [1, 2], spinner=False) == [1, 2]

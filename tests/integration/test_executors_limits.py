@@ -132,6 +132,19 @@ def test_no_cgroup_or_process_outlives_its_executor_or_the_agent(tmp_path: Path,
     assert not list(CGROUP_FS.glob(f"*/{root}")), "the agent left its cgroups"
 
 
+def test_a_killed_agent_leaves_no_executor_or_cgroup(make_cluster) -> None:
+    made = make_cluster()
+    agent = made.agents[0]
+    assert remote_parallel_map(hog, [1, 2], spinner=False) == [1, 2]
+    descendants = psutil.Process(agent.pid).children(recursive=True)
+    assert any("--zygote" in p.cmdline() for p in descendants)
+    roots = list(CGROUP_FS.glob(f"*/{cgroup_root_name(made.root / 'agent0')}"))
+    assert roots
+    agent.kill()  # no clean shutdown: the zygote notices and clears up
+    agent.wait()
+    wait_gone(roots, [p.pid for p in descendants])
+
+
 def cgroup_lines(_x: int) -> str:
     return Path("/proc/self/cgroup").read_text()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import signal
 import time
@@ -83,6 +84,7 @@ class CgroupBackend(Protocol):
     def create_group(self, name: str, memory_bytes: int) -> Cgroup: ...
     def cleanup_stale(self) -> int: ...
     def remove_root(self) -> None: ...
+    def roots(self) -> list[Path]: ...
 
 
 def check_name(name: str) -> str:
@@ -208,6 +210,20 @@ def walk_post_order(root: Path) -> list[Path]:
     """Every cgroup directory below `root`, children before their parents (the rmdir order)."""
     found = [Path(top) / name for top, dirs, _ in os.walk(root) for name in dirs]
     return sorted(found, key=lambda path: len(path.parts), reverse=True)
+
+
+def remove_tree(root: Path, *, timeout_s: float = KILL_TIMEOUT_S) -> None:
+    """Kill every process in `root` and the cgroups below it, then remove them all.
+
+    For the zygote, which outlives a killed agent to remove its cgroups: it knows no backend,
+    only the roots, and every backend's cgroups are directories with a cgroup.procs file.
+    """
+    if not root.is_dir():
+        return
+    for path in [*walk_post_order(root), root]:
+        procs = functools.partial(read_pids, path / "cgroup.procs")
+        wait_until_empty(procs, timeout_s=timeout_s, sigkill=True, what=str(path))
+        rmdir_with_retries(path, REAL_FS, timeout_s=timeout_s)
 
 
 def rmdir_with_retries(path: Path, fs: CgroupFs, *, timeout_s: float) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import select
 import signal
+from pathlib import Path
 
 import structlog
 
@@ -85,3 +86,6 @@ class NoneBackend:
 
     def remove_root(self) -> None:
         pass
+
+    def roots(self) -> list[Path]:
+        return []

@@ -196,6 +196,9 @@ class V2Backend:
             V2Cgroup(child.name, child, self._kill_timeout_s, self._fs).remove()
         return sum(1 for child in stale if child.parent == self.root)
 
+    def roots(self) -> list[Path]:
+        return [self.root]
+
     def remove_root(self) -> None:
         """Remove our (empty) root; call after every executor cgroup is removed."""
         rmdir_with_retries(self.root, self._fs, timeout_s=self._kill_timeout_s)
