@@ -12,10 +12,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import structlog
+
 import burla
-from burla.agent.cgroups import CgroupBackend, Limits
-from burla.agent.gpus import Gpu
-from burla.agent.sandbox import SandboxSpec
+from burla.agent.cgroups import CgroupBackend, Limits, detect_backend
+from burla.agent.config import AgentConfig
+from burla.agent.gpus import Gpu, discover_gpus
+from burla.agent.sandbox import SandboxSpec, sandbox_supported
+
+log = structlog.get_logger("burla.agent")
 
 GIB = 1 << 30
 # Shape of a call slot: (func_cpu, func_ram GB with 0 = dynamic, func_gpu type or None).
@@ -141,3 +146,25 @@ class LimitPolicy:
         if self.gpus and self.backend.name == "v2":  # v2 has no devices files: hide by /dev
             spec = dataclasses.replace(spec, private_dev=gpu_device_nodes(gpu))
         return dataclasses.asdict(spec)
+
+
+def build_policy(config: AgentConfig) -> LimitPolicy:
+    """The cgroup backend, GPUs, memory budget and sandbox this agent's executors get."""
+    force = None if config.cgroups == "auto" else config.cgroups
+    backend = detect_backend(root_name=cgroup_root_name(config.state_dir), force=force)
+    gpus = tuple(discover_gpus(config.fake_gpus))
+    sandbox = None
+    if config.sandbox:
+        unsupported = sandbox_supported()
+        if unsupported is None:
+            sandbox = base_sandbox(config.state_dir, config.token_file)
+            unreadable = unreadable_runtime_paths(sandbox.uid, sandbox.gid)
+            if unreadable:
+                log.warning("runtime_unreadable_in_sandbox", paths=unreadable,
+                            uid=sandbox.uid, advice="make them readable by others (chmod o+rX)")
+        else:
+            log.warning("sandbox_unavailable", reason=unsupported)
+    log.info("executor_policy", cgroups=backend.name, enforced=backend.enforced,
+             gpus=[gpu.type for gpu in gpus], sandbox=sandbox is not None,
+             memory_budget_gb=round(config.memory_budget_bytes / 2**30, 2))
+    return LimitPolicy(backend, gpus, config.memory_budget_bytes, sandbox)

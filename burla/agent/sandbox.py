@@ -19,6 +19,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
+from burla.agent.reach import closed_ancestors
+
 # The conventional overflow uid/gid ('nobody'/'nogroup'): it owns no files.
 NOBODY = 65534
 CLONE_NEWNS, CLONE_NEWIPC, CLONE_NEWPID = 0x00020000, 0x08000000, 0x20000000
@@ -200,32 +202,6 @@ def enter_sandbox(spec: SandboxSpec) -> None:
     _become_init(spec.pdeath_signal, status_w)  # returns only in the executor
     signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     _enter_as_executor(spec, hidden, devices, exposed)
-
-
-def closed_ancestors(paths: tuple[str, ...], uid: int, gid: int) -> dict[str, list[str]]:
-    """Directories on the way to `paths` that uid/gid may not search, each with its children
-    on that way, shallowest first. Missing paths are skipped: there is nothing to expose."""
-    plan: dict[str, set[str]] = {}
-    for path in paths:
-        real = os.path.realpath(path)
-        if not os.path.exists(real):
-            continue
-        current = "/"
-        for part in real.split("/")[1:]:
-            child = os.path.join(current, part)
-            if not _searchable(os.stat(current), uid, gid):
-                plan.setdefault(current, set()).add(child)
-            current = child
-    ordered = sorted(plan, key=lambda d: d.count("/") - (d == "/"))
-    return {d: sorted(plan[d]) for d in ordered}
-
-
-def _searchable(st: os.stat_result, uid: int, gid: int) -> bool:
-    if st.st_uid == uid:
-        return bool(st.st_mode & stat.S_IXUSR)
-    if st.st_gid == gid:
-        return bool(st.st_mode & stat.S_IXGRP)
-    return bool(st.st_mode & stat.S_IXOTH)
 
 
 def _cover_closed_dirs(plan: dict[str, list[str]]) -> None:

@@ -21,19 +21,10 @@ import structlog
 import zmq
 
 from burla import __version__, protocol, systemd, transport
-from burla.agent.cgroups import detect_backend
 from burla.agent.config import AgentConfig
 from burla.agent.executors import DEFAULT_SHAPE, DYING, Executor, ExecutorPool, describe_exit
 from burla.agent.failures import Death, judge
-from burla.agent.gpus import discover_gpus
-from burla.agent.limits import (
-    LimitPolicy,
-    Shape,
-    base_sandbox,
-    cgroup_root_name,
-    unreadable_runtime_paths,
-)
-from burla.agent.sandbox import sandbox_supported
+from burla.agent.limits import Shape, build_policy
 from burla.config import PEER_TIMEOUT_SECONDS, PING_INTERVAL_SECONDS
 from burla.errors import NodeDisconnected
 
@@ -68,7 +59,7 @@ class Agent:
         self.session = os.urandom(6).hex()
         self.ctx: zmq.Context[Any] = zmq.Context()
         self.endpoint = f"ipc://@burla-agent-{os.getpid()}-{self.session}"
-        self.policy = _limit_policy(config)
+        self.policy = build_policy(config)
         self.pool = ExecutorPool(self.endpoint, self.on_executor_exit, self.policy)
         self.jobs: dict[str, AgentJob] = {}
         self.functions: dict[str, bytes] = {}
@@ -405,28 +396,6 @@ class Agent:
 
 class _Stop(Exception):
     pass
-
-
-def _limit_policy(config: AgentConfig) -> LimitPolicy:
-    """The cgroup backend, GPUs, memory budget and sandbox this agent's executors get."""
-    force = None if config.cgroups == "auto" else config.cgroups
-    backend = detect_backend(root_name=cgroup_root_name(config.state_dir), force=force)
-    gpus = tuple(discover_gpus(config.fake_gpus))
-    sandbox = None
-    if config.sandbox:
-        unsupported = sandbox_supported()
-        if unsupported is None:
-            sandbox = base_sandbox(config.state_dir, config.token_file)
-            unreadable = unreadable_runtime_paths(sandbox.uid, sandbox.gid)
-            if unreadable:
-                log.warning("runtime_unreadable_in_sandbox", paths=unreadable,
-                            uid=sandbox.uid, advice="make them readable by others (chmod o+rX)")
-        else:
-            log.warning("sandbox_unavailable", reason=unsupported)
-    log.info("executor_policy", cgroups=backend.name, enforced=backend.enforced,
-             gpus=[gpu.type for gpu in gpus], sandbox=sandbox is not None,
-             memory_budget_gb=round(config.memory_budget_bytes / 2**30, 2))
-    return LimitPolicy(backend, gpus, config.memory_budget_bytes, sandbox)
 
 
 async def run(config: AgentConfig) -> None:

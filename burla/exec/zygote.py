@@ -37,6 +37,7 @@ SETUP_FAILED_EXIT = 125
 # Largest control packet; a fork request holds the job environment and the sandbox spec.
 MAX_PACKET_BYTES = 1 << 20
 _PR_SET_PDEATHSIG = 1
+_PR_SET_NAME = 15
 
 
 def pack(msg: dict[str, Any]) -> bytes:
@@ -54,6 +55,11 @@ def set_death_signal(sig: int) -> None:
     """Ask the kernel to send `sig` when our parent dies (the agent, for the zygote)."""
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0)
+
+
+def set_process_name(name: bytes) -> None:
+    """What ps -o comm and top show (a fork keeps the zygote's command line)."""
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_NAME, ctypes.c_char_p(name[:15]), 0, 0, 0)
 
 
 def _preimport() -> None:
@@ -194,6 +200,7 @@ def _child(msg: dict[str, Any], go_r: int, control_fd: int) -> NoReturn:
         set_death_signal(signal.SIGKILL)
         if os.getppid() != zygote:
             os._exit(code)
+        set_process_name(b"burla-exec")
         os.close(control_fd)
         os.closerange(3, go_r)
         os.closerange(go_r + 1, os.sysconf("SC_OPEN_MAX"))

@@ -20,7 +20,8 @@ from daemons import Cluster
 import burla
 from burla import remote_parallel_map
 from burla.agent.limits import runtime_paths
-from burla.agent.sandbox import NOBODY, closed_ancestors, sandbox_supported
+from burla.agent.reach import closed_ancestors
+from burla.agent.sandbox import NOBODY, sandbox_supported
 
 UNSUPPORTED = sandbox_supported()
 pytestmark = [

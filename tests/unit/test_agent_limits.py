@@ -23,7 +23,8 @@ from burla.agent.limits import (
     gpu_device_rules,
     runtime_paths,
 )
-from burla.agent.sandbox import NOBODY, closed_ancestors
+from burla.agent.reach import closed_ancestors
+from burla.agent.sandbox import NOBODY
 from tests.unit.test_cgroups_v2 import Factory, make_backend, read  # noqa: F401
 
 pytestmark = pytest.mark.timeout(10)
