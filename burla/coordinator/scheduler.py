@@ -75,6 +75,8 @@ class Scheduler:
                 job.pending.appendleft(chunk)
             job.allocations.pop(agent_id, None)
             job.credits.pop(agent_id, None)
+            job.ready.pop(agent_id, None)
+            job.running.pop(agent_id, None)
             if job.pending:
                 out += self.allocate(job)
         return out + self.dispatch_all()
@@ -220,6 +222,7 @@ class Scheduler:
         # Each new slot can take one chunk at once; the agent's Credit adds its prefetch. This
         # saves a small job a round trip to the agent before its first chunk.
         job.credits[node.agent_id] = job.credits.get(node.agent_id, 0) + slots
+        job.ready[node.agent_id] = None
         function = b"" if job.function_hash in node.functions else self.functions[job.function_hash]
         node.functions.add(job.function_hash)
         env = {"BURLA_API_KEY": job.token, "BURLA_PARENT_JOB": job.job_id}
@@ -230,6 +233,8 @@ class Scheduler:
     def release(self, job: Job, agent_id: str, *, kill: bool) -> Out:
         slots = job.allocations.pop(agent_id, 0)
         job.credits.pop(agent_id, None)
+        job.ready.pop(agent_id, None)
+        job.running.pop(agent_id, None)
         node = self.nodes.get(agent_id)
         if node is None:
             return []
@@ -303,28 +308,34 @@ class Scheduler:
         if job is None or node.agent_id not in job.allocations:
             return []
         job.credits[node.agent_id] += msg.chunks
+        if job.credits[node.agent_id] > 0:
+            job.ready[node.agent_id] = None
         return self.dispatch(job)
 
     def dispatch(self, job: Job) -> Out:
+        """Send pending chunks against credit, one per agent in turn (work spreads before any
+        agent's prefetch fills); costs O(chunks sent), not O(agents)."""
         out: Out = []
         if job.stream.backlog_bytes >= MAX_BACKLOG_BYTES:
             return out  # the client is behind; let it catch up before more work runs
-        for agent_id, credit in job.credits.items():
-            node = self.nodes[agent_id]
-            while credit > 0 and job.pending:
-                chunk = job.pending.popleft()
-                chunk.node = agent_id
-                job.inflight[chunk.chunk_id] = chunk
-                credit -= 1
-                data = chunk.data
-                if data is None:
-                    data = self.store.chunk_data(job.job_id, chunk.chunk_id)
-                elif chunk.attempt == 0 and chunk.reported == 0:  # paid back once, here
-                    out.append((job.client, protocol.UploadCredit(job.job_id, chunk.nbytes)))
-                out.append((node.peer, protocol.Chunk(
-                    job.job_id, chunk.chunk_id, chunk.attempt, chunk.first_index, chunk.count,
-                    chunk.reported, data)))
-            job.credits[agent_id] = credit
+        while job.pending and job.ready:
+            agent_id = next(iter(job.ready))
+            del job.ready[agent_id]
+            job.credits[agent_id] -= 1
+            if job.credits[agent_id] > 0:
+                job.ready[agent_id] = None  # back of the line
+            chunk = job.pending.popleft()
+            chunk.node = agent_id
+            job.inflight[chunk.chunk_id] = chunk
+            job.running[agent_id] = job.running.get(agent_id, 0) + 1
+            data = chunk.data
+            if data is None:
+                data = self.store.chunk_data(job.job_id, chunk.chunk_id)
+            elif chunk.attempt == 0 and chunk.reported == 0:  # paid back once, here
+                out.append((job.client, protocol.UploadCredit(job.job_id, chunk.nbytes)))
+            out.append((self.nodes[agent_id].peer, protocol.Chunk(
+                job.job_id, chunk.chunk_id, chunk.attempt, chunk.first_index, chunk.count,
+                chunk.reported, data)))
         return out
 
     def dispatch_all(self) -> Out:
@@ -360,10 +371,15 @@ class Scheduler:
             del job.inflight[chunk.chunk_id]
             if job.detach:
                 self.store.delete_chunk(job.job_id, chunk.chunk_id)
-            if node.agent_id in job.credits:
-                job.credits[node.agent_id] += 1
+            agent_id = node.agent_id
+            job.running[agent_id] = job.running.get(agent_id, 1) - 1
+            if agent_id in job.credits:
+                job.credits[agent_id] += 1
+                job.ready[agent_id] = None
             out += self.dispatch(job)
-        return out + self.complete_or_release(job) + self.ack_settled(job)
+            if job.inputs_done and not job.pending and not job.running.get(agent_id):
+                out += self.release_idle(job, [agent_id])
+        return out + self.ack_settled(job)
 
     def ack(self, job: Job, msg: protocol.Ack) -> Out:
         was_behind = job.stream.backlog_bytes >= MAX_BACKLOG_BYTES
@@ -382,10 +398,13 @@ class Scheduler:
         """Free the slots of nodes with nothing left to do for a job whose inputs are all in."""
         if not job.inputs_done or job.pending:
             return []
-        busy = {chunk.node for chunk in job.inflight.values()}
+        return self.release_idle(job, [a for a in job.allocations if not job.running.get(a)])
+
+    def release_idle(self, job: Job, agent_ids: list[str]) -> Out:
         out: Out = []
-        for agent_id in [a for a in job.allocations if a not in busy]:
-            out += self.release(job, agent_id, kill=False)
+        for agent_id in agent_ids:
+            if agent_id in job.allocations:
+                out += self.release(job, agent_id, kill=False)
         if out:
             if job.client:
                 out.append((job.client, protocol.Progress(job.job_id, job.slots)))

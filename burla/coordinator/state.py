@@ -100,6 +100,8 @@ class Job:
     inflight: dict[int, ChunkState] = field(default_factory=dict)
     allocations: dict[str, int] = field(default_factory=dict)  # agent_id -> slots
     credits: dict[str, int] = field(default_factory=dict)  # agent_id -> chunks it can take
+    ready: dict[str, None] = field(default_factory=dict)  # agents with credit, round-robin order
+    running: dict[str, int] = field(default_factory=dict)  # agent_id -> chunks in flight there
     duplicates: int = 0
 
     @property
