@@ -77,7 +77,9 @@ def simulate_agents(endpoint: str, token: str, agents: int, slots: int, ready: A
                     transport.send_sync(sock, protocol.Credit(msg.job_id, msg.slots * 2))
                 elif isinstance(msg, protocol.Chunk):
                     count = msg.count - msg.skip
-                    blob = results.get(count) or results.setdefault(count, pickle.dumps([0] * count))
+                    if count not in results:
+                        results[count] = pickle.dumps([0] * count)
+                    blob = results[count]
                     transport.send_sync(sock, protocol.Results(
                         msg.job_id, msg.chunk_id, msg.attempt, msg.first_index + msg.skip, count,
                         [], True, 0, blob))
