@@ -102,7 +102,8 @@ class Agent:
         except TimeoutError:
             log.warning("warm_up_slow", seconds=WARM_UP_TIMEOUT_SECONDS,
                         waiting=sum(not e.ready for e in self.pool.executors.values()))
-        self.hello()
+        if not self.stopping.is_set():
+            self.hello()
         try:
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(self.heartbeat())
