@@ -145,6 +145,9 @@ class Agent:
         ran, so our jobs are void: their busy executors are killed, the idle ones kept warm."""
         for job_id in list(self.jobs):
             self.on_release(protocol.Release(job_id, True))
+        # A new session. Whatever the old one sent went down this FIFO connection before this
+        # Hello, so the coordinator refused it as an unknown peer: that is the fence.
+        self.session = os.urandom(6).hex()
         self.hello()
 
     async def heartbeat(self) -> None:
