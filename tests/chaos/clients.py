@@ -62,8 +62,10 @@ class ClientProcess:
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
+                self.kill()
                 raise AssertionError(f"no line matching {pattern.pattern} in {timeout:.0f}s; "
-                                     f"stdout so far: {self.seen[-5:]}")
+                                     f"stdout so far: {self.seen[-5:]}; "
+                                     f"stderr: {self.stderr()[-3000:]}")
             try:
                 line = self.lines.get(timeout=left)
             except queue.Empty:

@@ -160,15 +160,48 @@ class Tracker:
 # --- cgroups ------------------------------------------------------------------------------------
 
 
-def cgroup_roots(cluster: Cluster) -> list[Path]:
-    """The cgroup directories the cluster's agents may use (none if the agent has no cgroups)."""
+def _root_names(cluster: Cluster) -> dict[str, str]:
+    """Cgroup root name -> agent name, for the cluster's agents (none without cgroups)."""
     try:
         from burla.agent.limits import cgroup_root_name
     except ImportError:
+        return {}
+    return {cgroup_root_name(cluster.root / f"agent{i}"): f"agent{i}"
+            for i in range(len(cluster.agents))}
+
+
+def cgroup_roots(cluster: Cluster) -> list[Path]:
+    """The cgroup directories the cluster's agents may use (none if the agent has no cgroups)."""
+    names = _root_names(cluster)
+    if not names or not _CGROUP_MOUNT.is_dir():
         return []
-    names = [cgroup_root_name(cluster.root / f"agent{i}") for i in range(len(cluster.agents))]
     return [_CGROUP_MOUNT / hierarchy.name / name
             for hierarchy in _CGROUP_MOUNT.iterdir() for name in names]
+
+
+def cgroup_owner(cluster: Cluster, root: Path) -> str:
+    return _root_names(cluster).get(root.name, "")
+
+
+def cgroup_tasks(root: Path) -> list[int]:
+    """Processes in `root` or any cgroup below it."""
+    pids = []
+    for procs in root.rglob("cgroup.procs"):
+        with contextlib.suppress(OSError):
+            pids += [int(p) for p in procs.read_text().split()]
+    return pids
+
+
+def remove_cgroup(root: Path) -> None:
+    """Remove an emptied cgroup tree, deepest first (cgroupfs allows only rmdir)."""
+    if not root.is_dir():
+        return
+    for path in sorted((p for p in root.rglob("*") if p.is_dir()),
+                       key=lambda p: len(p.parts), reverse=True):
+        with contextlib.suppress(OSError):
+            path.rmdir()
+    with contextlib.suppress(OSError):
+        root.rmdir()
 
 
 def cgroup_dirs(cluster: Cluster) -> Counter[Path]:
@@ -193,14 +226,23 @@ class Baseline:
 
     @classmethod
     def take(cls, cluster: Cluster, tracker: Tracker) -> Baseline:
+        """Once every agent runs its warm executors (one per CPU) and nothing changes."""
         def resting() -> dict[int, Counter[tuple[int, str]]] | None:
+            if any(len(cluster.executors(a)) < agent_cpus(a) for a in cluster.agents):
+                return None
             shapes = {a.pid: tree_shape(a.pid) for a in cluster.agents}
             again = {a.pid: tree_shape(a.pid) for a in cluster.agents}
-            return shapes if shapes == again and all(shapes.values()) else None
+            return shapes if shapes == again else None
 
-        shapes = wait_for(resting, 10, "the agents' warm executors to be up")
+        shapes = wait_for(resting, 15, "every agent's warm executors to be up")
         tracker.sample(cluster)
         return cls(shapes, cgroup_dirs(cluster), tracker)
+
+
+def agent_cpus(agent: subprocess.Popen[bytes]) -> int:
+    """The CPUs an agent was started to offer (its --cpus flag)."""
+    args = [str(a) for a in agent.args]
+    return int(args[args.index("--cpus") + 1])
 
 
 def assert_settled(cluster: Cluster, baseline: Baseline, *, nodes: int | None = None,
@@ -235,11 +277,17 @@ def assert_settled(cluster: Cluster, baseline: Baseline, *, nodes: int | None = 
         wait_for(lambda: not baseline.tracker.strays(cluster), 5, "orphaned processes to go")
     except AssertionError:
         raise AssertionError(f"left behind: {baseline.tracker.strays(cluster)}") from None
-    alive_roots = {r for r in cgroup_roots(cluster)}
+    live = {f"agent{i}" for i, a in enumerate(cluster.agents) if a.poll() is None}
+    roots = cgroup_roots(cluster)
+    alive_roots = {r for r in roots if cgroup_owner(cluster, r) in live}
+
+    def cgroups_back() -> bool:
+        now = cgroup_dirs(cluster)
+        return all(now.get(r) == baseline.cgroups.get(r) for r in alive_roots) and \
+            not any(cgroup_tasks(r) for r in roots if r not in alive_roots)
+
     try:
-        wait_for(lambda: {r: n for r, n in cgroup_dirs(cluster).items() if r in alive_roots}
-                 == {r: n for r, n in baseline.cgroups.items() if r in alive_roots},
-                 5, "executor cgroups back to their count at the start")
+        wait_for(cgroups_back, 5, "executor cgroups back to their count at the start")
     except AssertionError:
         raise AssertionError(f"cgroups differ: before {dict(baseline.cgroups)}, "
                              f"now {dict(cgroup_dirs(cluster))}") from None

@@ -40,6 +40,10 @@ MAX_RSS_GROWTH_BYTES = 50 * 2**20
 MAX_LOG_GROWTH_BYTES = 2**20
 # How long a closing fuzzer may take to hand its last queued messages over.
 DELIVER_MS = 5_000
+# Messages sent between two checks that the daemon has caught up.
+ROUND = 5_000
+# Longest wait for a daemon to catch up with a round.
+CATCH_UP_SECONDS = 20.0
 # Longest wait for a send queue to have room again before that message is skipped.
 SEND_WAIT_MS = 200
 
@@ -129,58 +133,59 @@ class Garbage:
         return [_packb(weird_value(self.rng)), *self.random_bytes()[:1]]
 
 
+JOB = "f" * 32
+
+
+def absurd(name: str, allowed: tuple[type, ...], rng: random.Random) -> Any:
+    """A value of an allowed type for field `name` that makes no sense for any real job."""
+    if name == "job_id":
+        return rng.choice([JOB, "", "j" * 5000])
+    if name == "token":
+        return rng.choice(["wrong-token", "", "t\u00f6k\u00e9n"])  # non-ASCII, too
+    if name == "role":
+        return rng.choice(["client", "agent", "executor", "root"])
+    if name == "protocol_version":
+        return rng.choice([protocol.PROTOCOL_VERSION, protocol.PROTOCOL_VERSION + 7, -1])
+    if type(None) in allowed and rng.random() < 0.2:
+        return None
+    if bool in allowed and int not in allowed:
+        return rng.random() < 0.5
+    if int in allowed:
+        return rng.choice([-1, 0, -(2**63), 2**63 - 1, 2**62, 7])
+    if str in allowed:
+        return rng.choice(["", "x" * 1000, "agent0", "A100_40G", "3.11"])
+    if list in allowed:
+        return rng.choice([[], [-1, 2**62], [[-1, 9, "x"], ["a"], []]])
+    if dict in allowed:
+        return rng.choice([{}, {"agent_id": "agent0", "cpus": 2**62}, {"PATH": "/nope"}])
+    return None
+
+
+def make(cls: type[protocol.Message], rng: random.Random, **chosen: Any) -> protocol.Message:
+    """A well-typed `cls`: the `chosen` fields as given (those it has), the rest absurd."""
+    values: dict[str, Any] = {}
+    for name, allowed in zip(cls._header, cls._types):
+        values[name] = chosen[name] if name in chosen else absurd(name, allowed, rng)
+    for name in cls._blobs:
+        values[name] = chosen.get(name, rng.randbytes(rng.choice([0, 64, 4096])))
+    return cls(**values)
+
+
 def valid_messages(rng: random.Random, token: str) -> list[protocol.Message]:
-    """Well-formed messages of every op, with values that make no sense for any real job."""
-    job = "f" * 32
-    blob = rng.randbytes(64)
-    big = 2**62
-    return [
-        protocol.Hello("client", protocol.PROTOCOL_VERSION, __version__, "wrong-token", "s", {}),
-        protocol.Hello("agent", protocol.PROTOCOL_VERSION, __version__, "wrong-token", "s",
-                       {"agent_id": "agent0", "cpus": big}),
-        protocol.Hello("client", protocol.PROTOCOL_VERSION + 7, "9.9", token, "s", {}),
-        protocol.Hello("client", protocol.PROTOCOL_VERSION, __version__, "t\u00f6k\u00e9n", "s",
-                       {}),
-        protocol.Hello("executor", protocol.PROTOCOL_VERSION, "", "", "x1-0", {"pid": -1}),
-        protocol.Welcome("s", protocol.PROTOCOL_VERSION, __version__, {}),
-        protocol.Refuse("unknown_peer", "send Hello first", ""),
-        protocol.Ping(),
-        protocol.Shutdown("fuzz"),
-        protocol.StatusRequest(),
-        protocol.Submit(job, "h" * 32, "f", -1, -1, "A100", "img", -5, True, True, -7, "3.11",
-                        None, blob),
-        protocol.Submit(job, "h", "f", big, big, None, None, 0, False, False, big, "2.7", job,
-                        b""),
-        protocol.NeedFunction(job),
-        protocol.Accept(job, -1, -(2**63), -2),
-        protocol.InputChunk(job, -5, big, blob),
-        protocol.InputsDone(job, -1),
-        protocol.UploadCredit(job, -big),
-        protocol.Results(job, -1, -1, -10, 3, [-1, big], [1, 2, 2**40], True, -1, blob),
-        protocol.Logs(job, [[-1, 9, "x"], ["a"], []], -3),
-        protocol.Ack(job, -(2**63)),
-        protocol.Ack(job, 2**63 - 1),
-        protocol.Cancel(job, "fuzz"),
-        protocol.Progress(job, -1),
-        protocol.JobFailed(job, "canceled", "fuzz"),
-        protocol.Assign(job, "h", big, 0, -1, None, "root", {"PATH": "/nope"}, blob),
-        protocol.Credit(job, big),
-        protocol.Chunk(job, 0, 0, -1, big, -3, blob),
-        protocol.Release(job, True),
-        protocol.Load(job, "h", {}, blob),
-    ] + [_valid_extra(cls, job) for cls in protocol.message_types().values()
-         if cls.op in {"attach", "stored", "job_logs_request"}]
-
-
-def _valid_extra(cls: type[protocol.Message], job: str) -> protocol.Message:
-    """Messages added to the protocol since this test was written: zero/empty fields."""
-    values: list[Any] = []
-    for name in cls._header:
-        values.append(job if name == "job_id" else -1 if name in {"total", "seq"} else "")
-    try:
-        return cls(*values, *(b"" for _ in cls._blobs))
-    except TypeError:
-        return protocol.Ping()
+    """Well-formed messages of every op (built from the protocol's own field list, so the
+    test follows its changes), with values that make no sense for any real job."""
+    messages = [make(cls, rng) for cls in protocol.message_types().values() for _ in range(3)]
+    hello = protocol.Hello
+    return messages + [
+        make(hello, rng, role="client", protocol_version=protocol.PROTOCOL_VERSION,
+             token="wrong-token"),
+        make(hello, rng, role="agent", protocol_version=protocol.PROTOCOL_VERSION,
+             token="wrong-token", info={"agent_id": "agent0", "cpus": 2**62}),
+        make(hello, rng, role="client", protocol_version=protocol.PROTOCOL_VERSION + 7,
+             token=token),
+        make(hello, rng, role="client", protocol_version=protocol.PROTOCOL_VERSION,
+             token="t\u00f6k\u00e9n"),
+    ]
 
 
 # --- senders ----------------------------------------------------------------------------------
@@ -194,10 +199,13 @@ def identity(rng: random.Random) -> bytes:
 
 
 def storm(ctx: zmq.Context[Any], endpoint: str, messages: int, garbage: Garbage,
-          rng: random.Random) -> tuple[int, int]:
+          rng: random.Random, caught_up: Callable[[list[zmq.Socket[Any]], int], None],
+          ) -> tuple[int, int]:
     """Send `messages` from PEERS dealers without blocking; (messages, frames) handed to ZeroMQ.
 
-    Replies are read and thrown away as they come, never waited for.
+    Replies are read and thrown away as they come, never waited for. Every ROUND messages,
+    `caught_up` returns once the daemon has handled what was sent, so what is measured after
+    the storm is what garbage leaves behind, not how deep a burst queued.
     """
     peers = []
     for _ in range(PEERS):
@@ -217,7 +225,10 @@ def storm(ctx: zmq.Context[Any], endpoint: str, messages: int, garbage: Garbage,
             if count % 256 == 0:
                 for peer in peers:
                     _drain(peer)
+            if count % ROUND == ROUND - 1:
+                caught_up(peers, count // ROUND)
         _flush(peers)
+        caught_up(peers, messages // ROUND + 1)
     finally:
         for sock in peers:
             sock.close(linger=DELIVER_MS)
@@ -249,6 +260,50 @@ def _flush(peers: list[zmq.Socket[Any]]) -> None:
             _drain(sock)
             sock.poll(50, zmq.POLLOUT)
         _drain(sock)
+
+
+def coordinator_caught_up(peers: list[zmq.Socket[Any]], round_: int) -> None:
+    """Each peer sends a Hello of a wrong version naming the round; the coordinator's refusal
+    quotes it. A peer's messages are handled in order, so once each refusal is back, everything
+    sent before it has been handled."""
+    waiting = {}
+    for number, sock in enumerate(peers):
+        marker = f"round-{round_}-{number}"
+        hello = protocol.Hello("client", protocol.PROTOCOL_VERSION + 7, marker, "", "", {})
+        sock.send_multipart([bytes(f) for f in protocol.encode(hello)])  # blocks: it must go
+        waiting[sock] = marker
+    deadline = time.monotonic() + CATCH_UP_SECONDS
+    while waiting:
+        assert time.monotonic() < deadline, \
+            f"the coordinator did not catch up with round {round_} in {CATCH_UP_SECONDS:.0f}s"
+        for sock, marker in list(waiting.items()):
+            while sock.poll(0):
+                frames = sock.recv_multipart()
+                with contextlib.suppress(protocol.ProtocolError):
+                    answer = protocol.decode(frames)
+                    if isinstance(answer, protocol.Refuse) and marker in answer.message:
+                        del waiting[sock]
+                        break
+        time.sleep(0.01)
+
+
+def idle_caught_up(pid: int) -> Callable[[list[zmq.Socket[Any]], int], None]:
+    """For a daemon that answers nothing: wait until it stops spending CPU."""
+    process = psutil.Process(pid)
+
+    def caught_up(peers: list[zmq.Socket[Any]], round_: int) -> None:
+        deadline = time.monotonic() + CATCH_UP_SECONDS
+        before = sum(process.cpu_times()[:2])
+        while True:
+            time.sleep(0.1)
+            now = sum(process.cpu_times()[:2])
+            if now - before < 0.005:
+                return
+            assert time.monotonic() < deadline, \
+                f"the agent stayed busy for {CATCH_UP_SECONDS:.0f}s after round {round_}"
+            before = now
+
+    return caught_up
 
 
 def zmtp_greeting_and_ready(rng: random.Random) -> bytes:
@@ -308,10 +363,11 @@ def authenticated_storm(ctx: zmq.Context[Any], endpoint: str, token: str,
         for count in range(messages):
             msg = rng.choice(valid)
             if isinstance(msg, protocol.Submit) and rng.random() < 0.5:
-                msg = protocol.Submit(*(getattr(msg, f) for f in ("job_id", "function_hash")),
-                                      msg.function_name, rng.choice([1, 2]), 0, None, None,
-                                      rng.choice([None, 1]), False, rng.random() < 0.5,
-                                      rng.randint(-3, 3), "3.11", None, rng.randbytes(32))
+                # One a node could take, so the absurd uploads that follow reach a live job.
+                msg = make(protocol.Submit, rng, job_id=JOB, func_cpu=rng.choice([1, 2]),
+                           func_ram=0, func_gpu=None, image=None, grow=False,
+                           max_parallelism=rng.choice([None, 1]), detach=rng.random() < 0.5,
+                           n_inputs=rng.randint(-3, 3), python_version="3.11", parent_job=None)
             sent += _send(sock, [bytes(f) for f in protocol.encode(msg)])
             if count % 256 == 0:
                 _drain(sock)
@@ -336,9 +392,11 @@ def test_garbage_frames_break_neither_coordinator_nor_agent(make_cluster):
     ctx: zmq.Context[Any] = zmq.Context()
     started = time.monotonic()
     try:
-        sent_c, frames_c = storm(ctx, cluster.endpoint, COORDINATOR_MESSAGES, garbage, rng)
+        sent_c, frames_c = storm(ctx, cluster.endpoint, COORDINATOR_MESSAGES, garbage, rng,
+                                 coordinator_caught_up)
         raw_bytes = raw_tcp(cluster.port, rng)
-        sent_a, frames_a = storm(ctx, agent_endpoint(agent.pid), AGENT_MESSAGES, garbage, rng)
+        sent_a, frames_a = storm(ctx, agent_endpoint(agent.pid), AGENT_MESSAGES, garbage, rng,
+                                 idle_caught_up(agent.pid))
         sent_auth = authenticated_storm(ctx, cluster.endpoint, cluster.token, rng, 2_000)
     finally:
         ctx.term()
@@ -375,3 +433,39 @@ def test_garbage_frames_break_neither_coordinator_nor_agent(make_cluster):
     print(f"fuzz: {report}")
     assert all(g < MAX_RSS_GROWTH_BYTES for g in growth.values()), report
     assert all(g < MAX_LOG_GROWTH_BYTES for g in log_growth.values()), report
+
+
+@pytest.mark.parametrize(
+    ("hello", "kind"),
+    [
+        ({"role": "client", "token": "wrong-token"}, "unauthorized"),
+        ({"role": "client", "token": "t\u00f6k\u00e9n"}, "unauthorized"),  # non-ASCII
+        ({"role": "agent", "token": "wrong-token"}, "unauthorized"),
+        ({"role": "agent", "token": "\u00e9"}, "unauthorized"),
+        ({"role": "client", "protocol_version": protocol.PROTOCOL_VERSION + 7}, "version"),
+        (None, "unknown_peer"),  # no Hello at all: a Submit straight away
+    ],
+)
+def test_each_bad_first_message_gets_a_typed_refusal(cluster, hello, kind):
+    """A peer that is not let in hears why at once, whatever its token holds; it is never
+    left waiting for an answer that does not come."""
+    rng = random.Random(7)
+    ctx: zmq.Context[Any] = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.IDENTITY, b"client-" + rng.randbytes(8).hex().encode())
+    sock.connect(cluster.endpoint)
+    try:
+        if hello is None:
+            first = make(protocol.Submit, rng)
+        else:
+            first = make(protocol.Hello, rng, **{
+                "token": cluster.token, "protocol_version": protocol.PROTOCOL_VERSION,
+                "burla_version": __version__, "info": {}, **hello})
+        sock.send_multipart([bytes(f) for f in protocol.encode(first)], flags=zmq.NOBLOCK)
+        assert sock.poll(5_000), f"no answer in 5 s to {first.op} {hello}"
+        answer = protocol.decode(sock.recv_multipart())
+    finally:
+        sock.close(linger=0)
+        ctx.term()
+    assert isinstance(answer, protocol.Refuse) and answer.kind == kind, answer
