@@ -92,7 +92,7 @@ class Scheduler:
 
     def owner_of_job_token(self, token: str) -> str | None:
         for job in self.jobs.values():
-            if hmac.compare_digest(job.token, token):
+            if hmac.compare_digest(job.token.encode(), token.encode()):
                 return job.owner
         return None
 

@@ -136,7 +136,7 @@ class Coordinator:
             self.channel.send(protocol.Refuse("version", text, ""), peer)
             return
         if msg.role == "agent":
-            if not hmac.compare_digest(msg.token, self.config.agent_token):
+            if not hmac.compare_digest(msg.token.encode(), self.config.agent_token.encode()):
                 self.channel.send(protocol.Refuse("unauthorized", "bad cluster token", ""), peer)
                 return
             self.send_all(self.scheduler.add_node(peer, msg, now))
@@ -154,7 +154,7 @@ class Coordinator:
 
     def authenticate(self, token: str) -> str | None:
         for known, owner in self.config.client_tokens.items():
-            if hmac.compare_digest(known, token):
+            if hmac.compare_digest(known.encode(), token.encode()):
                 return owner
         return self.scheduler.owner_of_job_token(token)
 
