@@ -25,9 +25,10 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 # Time a run may take beyond its budget: starting a cluster (ipyparallel takes ~7 s here,
 # Ray ~5 s), preparing inputs, and stopping again.
 STARTUP_ALLOWANCE_S = 120
-# A run whose process tree passes this share of the machine's RAM is killed: one runaway peer
-# must not take the machine (and the rest of the suite) down with it.
-MEMORY_GUARD_FRACTION = 0.6
+# A run is killed when the machine's available memory falls below this share: one runaway peer
+# must not take the machine (and the rest of the suite) down with it. System-wide, because
+# summing RSS over a tree counts shared memory (Ray's object store) once per process.
+MEMORY_GUARD_FREE_FRACTION = 0.12
 POLL_S = 0.5
 # Time past the budget before a run is killed: lets a repeat that just finished stop its cluster.
 STOP_GRACE_S = 20
@@ -70,7 +71,7 @@ def run_one(workload: Workload, tool: str, opts: Options) -> Outcome:
     ]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p))
-    ram_limit = psutil.virtual_memory().total * MEMORY_GUARD_FRACTION
+    min_available = psutil.virtual_memory().total * MEMORY_GUARD_FREE_FRACTION
     seen: dict[int, psutil.Process] = {}
     with open(f"{stem}.out", "w") as out, open(f"{stem}.err", "w") as err:
         child = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=out, stderr=err,
@@ -85,8 +86,8 @@ def run_one(workload: Workload, tool: str, opts: Options) -> Outcome:
                 measuring, deadline = True, first + budget + STOP_GRACE_S
             if time.time() > deadline:
                 outcome.killed = f"timeout (> {budget:.0f} s budget)"
-            elif memory.rss([psutil.Process(child.pid), *tree]) > ram_limit:
-                outcome.killed = f"memory guard (> {ram_limit / 2**30:.0f} GiB)"
+            elif psutil.virtual_memory().available < min_available:
+                outcome.killed = f"memory guard (< {min_available / 2**30:.1f} GiB free)"
             if outcome.killed:
                 memory.kill_all([psutil.Process(child.pid), *tree])
                 break
