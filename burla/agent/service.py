@@ -334,6 +334,7 @@ class Agent:
         self.check_warm()
         job = self.jobs.get(executor.job_id)
         if job is None or executor.job_id == DYING:
+            self.keep_warm()
             return
         chunk, blamed = executor.chunk, False
         if chunk is None and not executor.proven and job.queue:
@@ -349,6 +350,16 @@ class Agent:
             self.top_up(job.job_id)
         else:  # nothing to blame yet: retry the start later, not in a tight loop
             asyncio.get_running_loop().call_later(START_RETRY_SECONDS, self.top_up, job.job_id)
+
+    def keep_warm(self) -> None:
+        """Hold as many executors as at start (killed ones by a cancel or a re-registration are
+        replaced), so the next job starts without a fork."""
+        if self.stopping.is_set():
+            return
+        warm = self.config.warm_executors
+        target = self.config.cpus if warm < 0 else warm
+        for _ in range(target - len(self.pool.executors)):
+            self.pool.spawn(DEFAULT_SHAPE)
 
     def top_up(self, job_id: str) -> None:
         """Start executors until the job has its parallelism on this node."""

@@ -133,6 +133,7 @@ class JobSession:
         self._ack_lock = threading.Lock()
         self._leaving = False
         self.stored = False
+        self.reconnecting = False
 
     # --- the caller's side -----------------------------------------------------------------
 
@@ -214,6 +215,7 @@ class JobSession:
                 sock.close(linger=1000)
 
     def _serve(self, sock: zmq.Socket[Any], first: bool) -> None:
+        self.reconnecting = not first
         self._send(sock, protocol.Hello("client", protocol.PROTOCOL_VERSION, __version__,
                                         self.address.token, self.job_id, {"pid": os.getpid()}))
         if self.spec is None:
@@ -341,6 +343,9 @@ class JobSession:
             self.resend.extend(self.ledger.unfinished())
         elif isinstance(msg, protocol.Refuse) and msg.kind == "unknown_peer":
             raise _Reconnect("the coordinator no longer knew this connection")
+        elif isinstance(msg, protocol.Refuse) and msg.kind == "no_nodes" and self.reconnecting:
+            # A restarted coordinator may hear from us before its agents are back.
+            raise _Reconnect("the cluster had no nodes yet")
         elif isinstance(msg, (protocol.Refuse, protocol.JobFailed)):
             self.events.put(("error", error_for(msg.kind, msg.message)))
             return True

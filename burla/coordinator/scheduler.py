@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import secrets
 from collections.abc import Iterator
 from typing import Any
 
@@ -41,6 +42,9 @@ class Scheduler:
         self.jobs: dict[str, Job] = {}
         self.functions: dict[str, Any] = {}
         self.queued: list[str] = []  # jobs waiting for slots, oldest first
+        # Attempts of this coordinator run start here, so a late result sent to an earlier
+        # run (whose chunk ids and attempts started over) never matches one of ours.
+        self.epoch = secrets.randbelow(1 << 30) + 1
 
     # --- nodes --------------------------------------------------------------------------------
 
@@ -182,7 +186,8 @@ class Scheduler:
             total=stored.total, inputs_done=stored.inputs_done, done=stored.done,
         )
         for chunk_id, first, count, reported in stored.chunks:
-            job.pending.append(ChunkState(chunk_id, first, count, None, reported=reported))
+            job.pending.append(ChunkState(chunk_id, first, count, None, attempt=self.epoch,
+                                          reported=reported, credited=True))
             job.seen_chunks.add(first)
             job.next_chunk_id = max(job.next_chunk_id, chunk_id + 1)
         job.uploaded = job.total or 0
@@ -279,7 +284,8 @@ class Scheduler:
         if msg.first_index in job.seen_chunks:  # sent again after a reconnect: we have it
             size = ChunkState(0, 0, 0, msg.data).nbytes
             return [(job.client, protocol.UploadCredit(job.job_id, size))]
-        chunk = ChunkState(job.next_chunk_id, msg.first_index, msg.count, msg.data)
+        chunk = ChunkState(job.next_chunk_id, msg.first_index, msg.count, msg.data,
+                           attempt=self.epoch)
         job.next_chunk_id += 1
         job.seen_chunks.add(msg.first_index)
         job.uploaded += msg.count
@@ -289,6 +295,7 @@ class Scheduler:
                                  chunk.data)
             out.append((job.client, protocol.UploadCredit(job.job_id, chunk.nbytes)))
             chunk.data = None
+            chunk.credited = True
         job.pending.append(chunk)
         return out + (self.allocate(job) if job.slots == 0 else self.dispatch(job))
 
@@ -331,7 +338,8 @@ class Scheduler:
             data = chunk.data
             if data is None:
                 data = self.store.chunk_data(job.job_id, chunk.chunk_id)
-            elif chunk.attempt == 0 and chunk.reported == 0:  # paid back once, here
+            elif not chunk.credited:  # paid back once, on its first dispatch
+                chunk.credited = True
                 out.append((job.client, protocol.UploadCredit(job.job_id, chunk.nbytes)))
             out.append((self.nodes[agent_id].peer, protocol.Chunk(
                 job.job_id, chunk.chunk_id, chunk.attempt, chunk.first_index, chunk.count,
@@ -367,7 +375,7 @@ class Scheduler:
             out += job.stream.deliver(msg)
             chunk.reported += fresh
             job.done += fresh
-        if msg.chunk_done:
+        if msg.chunk_done and msg.first_index + msg.count == chunk.first_index + chunk.count:
             del job.inflight[chunk.chunk_id]
             if job.detach:
                 self.store.delete_chunk(job.job_id, chunk.chunk_id)

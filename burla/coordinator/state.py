@@ -67,6 +67,7 @@ class ChunkState:
     attempt: int = 0
     reported: int = 0  # leading inputs whose results have been accepted
     node: str = ""  # agent running it, "" while queued
+    credited: bool = False  # its bytes went back to the client's upload window
 
     nbytes: int = 0
 

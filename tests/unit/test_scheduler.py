@@ -33,9 +33,16 @@ def results(job, chunk, first, count, attempt=0, done=True):
     return protocol.Results(job, chunk, attempt, first, count, [], done, 0, b"r" * count)
 
 
+def scheduler(store: JobStore | None = None) -> Scheduler:
+    """A scheduler whose attempts start at 0, so tests can name them."""
+    s = Scheduler(b"secret", store)
+    s.epoch = 0
+    return s
+
+
 @pytest.fixture
 def two_nodes() -> Scheduler:
-    s = Scheduler(b"secret")
+    s = scheduler()
     s.add_node(b"agent-a", hello("a"), NOW)
     s.add_node(b"agent-b", hello("b"), NOW)
     return s
@@ -118,7 +125,7 @@ def test_result_window_holds_back_until_ack(two_nodes, monkeypatch):
 
 
 def test_finished_inputs_release_slots_to_a_waiting_job():
-    s = Scheduler(b"secret")
+    s = scheduler()
     s.add_node(b"agent-a", hello("a", cpus=1), NOW)
     s.submit(CLIENT, "me", submit("one"), NOW)
     out = s.submit(b"client-2", "me", submit("two"), NOW)
@@ -134,7 +141,7 @@ def test_finished_inputs_release_slots_to_a_waiting_job():
 
 
 def test_nested_job_borrows_a_slot_when_all_are_taken():
-    s = Scheduler(b"secret")
+    s = scheduler()
     s.add_node(b"agent-a", hello("a", cpus=1), NOW)
     s.submit(CLIENT, "me", submit("parent"), NOW)
     out = s.submit(b"client-2", "me", submit("child", parent="parent"), NOW)
@@ -173,7 +180,7 @@ def test_incompatible_python_is_refused_with_both_versions(two_nodes):
 
 
 def test_function_crosses_to_each_node_once():
-    s = Scheduler(b"secret")
+    s = scheduler()
     s.add_node(b"agent-a", hello("a", cpus=1), NOW)
     first = sent(s.submit(CLIENT, "me", submit("one"), NOW), protocol.Assign)[0]
     s.cancel("one", None, "done")
@@ -185,7 +192,7 @@ def test_function_crosses_to_each_node_once():
 
 
 def run_detached_until_half_done(store: JobStore) -> Scheduler:
-    s = Scheduler(b"secret", store)
+    s = scheduler(store)
     s.add_node(b"agent-a", hello("a", cpus=1), NOW)
     s.submit(CLIENT, "me", submit("det", detach=True), NOW)
     job = s.jobs["det"]
@@ -205,7 +212,7 @@ def test_detached_job_survives_a_coordinator_restart(tmp_path):
     path = tmp_path / "jobs.sqlite3"
     run_detached_until_half_done(JobStore(path))
     # A new coordinator on the same store: the job is back, with input 0 done.
-    s = Scheduler(b"other", JobStore(path))
+    s = scheduler(JobStore(path))
     s.restore(NOW)
     job = s.jobs["det"]
     assert (job.done, job.inputs_done, job.total) == (1, True, 4)
@@ -240,7 +247,7 @@ def test_detached_client_leaving_after_upload_keeps_job(tmp_path):
 
 
 def test_detached_client_leaving_before_upload_ends_cancels(tmp_path):
-    s = Scheduler(b"secret", JobStore(tmp_path / "j.sqlite3"))
+    s = scheduler(JobStore(tmp_path / "j.sqlite3"))
     s.add_node(b"agent-a", hello("a"), NOW)
     s.submit(CLIENT, "me", submit("det", detach=True), NOW)
     s.expire(NOW + 6, {CLIENT: NOW})
@@ -254,3 +261,24 @@ def test_resubmitted_chunk_is_not_run_twice(two_nodes):
     out = two_nodes.add_inputs(job, protocol.InputChunk("job", 0, 1, b"x"))
     assert sent(out, protocol.UploadCredit)[0].nbytes == 1
     assert len(job.pending) + len(job.inflight) == 1
+
+
+def test_results_sent_to_an_earlier_coordinator_run_never_match():
+    # Chunk ids start over in a restarted coordinator; its attempts start at a random epoch.
+    s = Scheduler(b"secret")
+    s.add_node(b"agent-a", hello("a", cpus=1), NOW)
+    s.submit(CLIENT, "me", submit(), NOW)
+    job = s.jobs["job"]
+    chunk = sent(s.add_inputs(job, protocol.InputChunk("job", 0, 2, b"xy")), protocol.Chunk)[0]
+    assert chunk.attempt == s.epoch != 0
+    assert not s.results(s.nodes["a"], results("job", chunk.chunk_id, 0, 2, attempt=0))
+    assert job.done == 0 and chunk.chunk_id in job.inflight
+
+
+def test_chunk_done_counts_only_from_a_batch_reaching_the_chunks_end(two_nodes):
+    two_nodes.submit(CLIENT, "me", submit(max_parallelism=1), NOW)
+    job = two_nodes.jobs["job"]
+    two_nodes.add_inputs(job, protocol.InputChunk("job", 0, 4, b"xxxx"))
+    node = two_nodes.nodes[next(iter(job.allocations))]
+    two_nodes.results(node, results("job", 0, 0, 1, done=True))  # says done, stops short
+    assert 0 in job.inflight and job.done == 1
