@@ -33,6 +33,14 @@ def _read_token(token: str | None, token_file: Path | None) -> str:
     return str(json.loads(text)["token"]) if text.startswith("{") else text
 
 
+def _without_rich() -> None:
+    """Daemons never draw on a terminal; without rich, structlog skips its rich tracebacks
+    (pygments and all), which was most of a daemon's start-up. Executors keep rich for users."""
+    import sys
+
+    sys.modules.setdefault("rich", None)  # type: ignore[arg-type]
+
+
 def _serve(role: str, log_level: str, main: Coroutine[Any, Any, None]) -> None:
     import asyncio
 
@@ -55,6 +63,7 @@ def coordinator(
     log_level: str = typer.Option("info", help="debug, info, warning or error."),
 ) -> None:
     """Run the coordinator: accepts jobs, schedules slots, relays results."""
+    _without_rich()
     from burla.coordinator import service
     from burla.coordinator.config import CoordinatorConfig
 
@@ -89,6 +98,7 @@ def agent(
     log_level: str = typer.Option("info", help="debug, info, warning or error."),
 ) -> None:
     """Run an agent: offers this machine's CPUs, runs calls in executors."""
+    _without_rich()
     import platform
 
     from burla.agent import service

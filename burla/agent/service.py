@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 import structlog
 import zmq
 
-from burla import __version__, protocol, systemd, transport
+from burla import __version__, channel, protocol, systemd, transport
 from burla.agent.config import AgentConfig
 from burla.agent.executors import DEFAULT_SHAPE, DYING, Executor, ExecutorPool, describe_exit
 from burla.agent.failures import Death, judge
@@ -69,17 +69,17 @@ class Agent:
         self.last_heard = time.monotonic()
         self.last_sent = 0.0
         self.hello_sent_at = 0.0
-        self.upstream: transport.Channel
-        self.downstream: transport.Channel
+        self.upstream: channel.Channel
+        self.downstream: channel.Channel
 
     # --- lifecycle --------------------------------------------------------------------------
 
     async def run(self) -> None:
-        self.downstream = transport.Channel(
+        self.downstream = channel.Channel(
             transport.router_socket(self.ctx, self.endpoint), self.on_executor_message,
             routed=True, name="executors",
         )
-        self.upstream = transport.Channel(
+        self.upstream = channel.Channel(
             transport.dealer_socket(
                 self.ctx, self.config.coordinator,
                 f"agent-{self.config.agent_id}-{self.session}".encode(),

@@ -19,7 +19,7 @@ from typing import Any
 import structlog
 import zmq
 
-from burla import __version__, protocol, systemd, transport
+from burla import __version__, channel, protocol, systemd, transport
 from burla.config import PING_INTERVAL_SECONDS
 from burla.coordinator.config import CoordinatorConfig
 from burla.coordinator.jobstore import JobStore
@@ -44,13 +44,13 @@ class Coordinator:
         self.agent_last_ping = 0.0
         self.idle_since = time.monotonic()
         self.stopping = asyncio.Event()
-        self.channel: transport.Channel
+        self.channel: channel.Channel
         self.endpoint = ""
 
     async def run(self) -> None:
         sock = transport.router_socket(self.ctx, self.config.endpoint)
         self.endpoint = transport.bound_endpoint(sock)
-        self.channel = transport.Channel(sock, self.on_message, routed=True, name="coordinator")
+        self.channel = channel.Channel(sock, self.on_message, routed=True, name="coordinator")
         self.channel.start()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
