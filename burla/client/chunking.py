@@ -25,7 +25,7 @@ GSS_FACTOR = 2
 # Pickled size a chunk aims at: big enough to amortise per-message cost, small enough to spread.
 TARGET_CHUNK_BYTES = 1024 * 1024
 # Most inputs in one chunk, so results of a huge chunk of tiny inputs still stream back.
-MAX_CHUNK_INPUTS = 8192
+MAX_CHUNK_INPUTS = 32768
 # Inputs read ahead of the upload from an iterator of unknown length.
 LOOKAHEAD_INPUTS = 4 * MAX_CHUNK_INPUTS
 
