@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import os
 import pickle
-import signal
 import time
 from collections import deque
 from collections.abc import Callable
@@ -20,7 +19,7 @@ from typing import Any, ClassVar
 import structlog
 import zmq
 
-from burla import __version__, channel, protocol, systemd, transport
+from burla import __version__, channel, daemon, protocol, systemd, transport
 from burla.agent.config import AgentConfig
 from burla.agent.executors import DEFAULT_SHAPE, DYING, Executor, ExecutorPool, describe_exit
 from burla.agent.failures import Death, judge
@@ -88,9 +87,7 @@ class Agent:
         )
         self.downstream.start()
         self.upstream.start()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.stop, f"signal {sig}")
+        daemon.stop_on_signals(self.stop)
         self.pool.start()
         warm = self.config.warm_executors
         for _ in range(self.config.cpus if warm < 0 else warm):
@@ -105,12 +102,7 @@ class Agent:
         if not self.stopping.is_set():
             self.hello()
         try:
-            async with asyncio.TaskGroup() as tasks:
-                tasks.create_task(self.heartbeat())
-                await self.stopping.wait()
-                raise _Stop
-        except* _Stop:
-            pass
+            await daemon.run_until(self.stopping, self.heartbeat())
         finally:
             await self.pool.shutdown()
             self.upstream.close()
@@ -408,9 +400,6 @@ class Agent:
         job.queue.appendleft(retry)
         self.feed_idle(job)
 
-
-class _Stop(Exception):
-    pass
 
 
 async def run(config: AgentConfig) -> None:

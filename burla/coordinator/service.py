@@ -11,7 +11,6 @@ import asyncio
 import getpass
 import hmac
 import os
-import signal
 import time
 from collections.abc import Callable
 from typing import Any
@@ -19,7 +18,7 @@ from typing import Any
 import structlog
 import zmq
 
-from burla import __version__, channel, protocol, systemd, transport
+from burla import __version__, channel, daemon, protocol, systemd, transport
 from burla.config import PING_INTERVAL_SECONDS
 from burla.coordinator.config import CoordinatorConfig
 from burla.coordinator.jobstore import JobStore
@@ -52,18 +51,11 @@ class Coordinator:
         self.endpoint = transport.bound_endpoint(sock)
         self.channel = channel.Channel(sock, self.on_message, routed=True, name="coordinator")
         self.channel.start()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.stop, f"signal {sig}")
+        daemon.stop_on_signals(self.stop)
         log.info("coordinator_listening", endpoint=self.endpoint, session=self.session)
         systemd.notify(ready="1", status=f"listening {self.endpoint}", mainpid=str(os.getpid()))
         try:
-            async with asyncio.TaskGroup() as tasks:
-                tasks.create_task(self.tick())
-                await self.stopping.wait()
-                raise _Stop
-        except* _Stop:
-            pass
+            await daemon.run_until(self.stopping, self.tick())
         finally:
             for node in self.scheduler.nodes.values():
                 self.channel.send(protocol.Shutdown("the coordinator is stopping"), node.peer)
@@ -256,9 +248,6 @@ class Coordinator:
             self.store.add_logs(job.job_id, msg.entries)
         return [(job.client, msg)] if job.client else []
 
-
-class _Stop(Exception):
-    pass
 
 
 def default_owner() -> str:
