@@ -67,7 +67,15 @@ class Display:
         """Write remote output lines to this process's stdout/stderr (called by the job thread)."""
         with self._lock:
             out, err = sys.stdout, sys.stderr
-            for _index, stream, text in entries:
-                (err if stream == 2 else out).write(text)
+            run: list[str] = []
+            run_stream = 0
+            for _index, stream, text in entries:  # one write per run of one stream's text
+                if stream != run_stream and run:
+                    (err if run_stream == 2 else out).write("".join(run))
+                    run = []
+                run_stream = stream
+                run.append(text)
+            if run:
+                (err if run_stream == 2 else out).write("".join(run))
             out.flush()
             err.flush()

@@ -2,7 +2,8 @@
 
 fds 1 and 2 become pipes, so output of C extensions and subprocesses is captured too. The
 runner marks the end of every input that printed with a separator written into the pipes; the
-reader (the executor's link thread) turns the byte stream into `[index, stream, text]` entries.
+reader (the executor's link thread) turns the byte stream into `[index, stream, text]` entries,
+one per block of complete lines.
 This module never sends anything and never runs user code.
 """
 
@@ -16,7 +17,7 @@ import sys
 import termios
 import threading
 
-# Largest single log entry; a longer line is cut into pieces of this size.
+# Largest single log entry (a block of lines); a longer line is cut into pieces of this size.
 MAX_ENTRY_BYTES = 16 * 1024
 _FIONREAD_BUF = b"\0\0\0\0"
 
@@ -54,20 +55,23 @@ class _StreamParser:
         return had_output
 
     def _append(self, data: bytes, index: int, out: list[list[object]]) -> None:
+        """Buffer `data`; every complete line held leaves as part of one entry per block (an
+        entry per line cost more than the printing), a partial line waits for its end."""
         if not self.buffer:
             self.buffer_index = index
         self.buffer += data
-        while True:
-            newline = self.buffer.find(b"\n")
-            if newline < 0 and len(self.buffer) < MAX_ENTRY_BYTES:
-                return
-            cut = newline + 1 if newline >= 0 else MAX_ENTRY_BYTES
-            cut = min(cut, MAX_ENTRY_BYTES)
-            line, self.buffer = self.buffer[:cut], self.buffer[cut:]
-            out.append([self.buffer_index, self.stream, line.decode("utf-8", "replace")])
-            if not self.buffer:
-                return
+        while len(self.buffer) >= MAX_ENTRY_BYTES:
+            newline = self.buffer.rfind(b"\n", 0, MAX_ENTRY_BYTES)
+            self._emit(newline + 1 if newline >= 0 else MAX_ENTRY_BYTES, out)
             self.buffer_index = index
+        newline = self.buffer.rfind(b"\n")
+        if newline >= 0:
+            self._emit(newline + 1, out)
+            self.buffer_index = index
+
+    def _emit(self, cut: int, out: list[list[object]]) -> None:
+        block, self.buffer = self.buffer[:cut], self.buffer[cut:]
+        out.append([self.buffer_index, self.stream, block.decode("utf-8", "replace")])
 
     def _flush_partial(self, out: list[list[object]]) -> None:
         if self.buffer:
@@ -113,10 +117,17 @@ class Capture:
         wrappers = []
         for fd in (1, 2):
             wrapper = _Stream(io.FileIO(fd, "w", closefd=False), encoding="utf-8",
-                              errors="replace", line_buffering=True)
+                              errors="replace", line_buffering=False)
             wrapper.capture = self
             wrappers.append(wrapper)
         sys.stdout, sys.stderr = wrappers
+
+    def flush_python(self) -> None:
+        """Push what Python code printed into the pipes (the link thread calls this while a
+        call runs, so its output streams without a write per line)."""
+        if self.python_wrote:
+            sys.stdout.flush()
+            sys.stderr.flush()
 
     def begin(self, index: int) -> None:
         self.running_index = index

@@ -20,6 +20,9 @@ from burla.exec.capture import Capture
 LOG_FLUSH_SECONDS = 0.05
 # Most log bytes held in one Logs message.
 LOG_BATCH_BYTES = 256 * 1024
+# When only output woke the thread, it waits this long so one read takes many lines (a wake-up
+# per line cost more than the printing); results never wait, they drain the pipes themselves.
+LOG_COALESCE_SECONDS = 0.002
 # Entries held while the agent link is congested before lines are dropped (and counted).
 MAX_PENDING_ENTRIES = 50_000
 
@@ -66,8 +69,12 @@ class AgentLink:
         for fd in self.capture.read_fds:
             poller.register(fd, zmq.POLLIN)
         while not self._stop:
-            timeout_ms = int(LOG_FLUSH_SECONDS * 1000) if self._entries else 1000
+            timeout_ms = int(LOG_FLUSH_SECONDS * 1000)
             ready = dict(poller.poll(timeout_ms))
+            if not ready:
+                self.capture.flush_python()  # a long call's prints stream every timeout
+            if ready and self._agent not in ready and self._thread_side not in ready:
+                time.sleep(LOG_COALESCE_SECONDS)
             for fd in self.capture.read_fds:
                 if fd in ready:
                     self._read(fd)
