@@ -43,7 +43,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     opts = runner.Options(quick=args.quick, repeats=repeats, workers=args.workers,
                           log_dir=log_dir)
     print(f"[bench] logs of every run in {log_dir}", file=sys.stderr, flush=True)
-    load_at_start = os.getloadavg()[0]
+    load_at_start, state_at_start = os.getloadavg()[0], report.code_state()
     outcomes = runner.run_suite([n for n in names if n in WORKLOADS], tools, opts)
     if "burla" in tools and not args.keep_cluster:
         try:
@@ -51,7 +51,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         except Exception as exc:  # noqa: BLE001 - the report matters more than the cleanup
             print(f"[bench] burla local down failed: {exc}", file=sys.stderr)
     mode = "quick" if args.quick else "full"
-    text = report.header(mode, repeats, args.workers, outcomes, load_at_start) + "\n\n"
+    text = report.header(mode, repeats, args.workers, outcomes, load_at_start,
+                         state_at_start) + "\n\n"
     text += report.table(outcomes, names) + "\n"
     print(text)
     out = Path(args.out) if args.out else (None if args.quick else report.default_results_path())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import os
 import platform
 import subprocess
@@ -29,7 +30,17 @@ def _git(*args: str) -> str:
 
 
 def short_commit() -> str:
-    return _git("rev-parse", "--short", "HEAD") or "nocommit"
+    # Set when running from an exported tree (`git archive`), which has no history to ask.
+    exported = os.environ.get("BURLA_BENCH_COMMIT")
+    return exported or _git("rev-parse", "--short", "HEAD") or "nocommit"
+
+
+def code_state() -> str:
+    """HEAD plus a digest of uncommitted changes to burla's code, to notice edits mid-run."""
+    changes = _git("status", "--porcelain", "--", "burla", "pyproject.toml")
+    changes += _git("diff", "HEAD", "--", "burla", "pyproject.toml")
+    digest = hashlib.sha1(changes.encode()).hexdigest()[:8] if changes else ""
+    return short_commit() + (f"+uncommitted-{digest}" if digest else "")
 
 
 def cpu_model() -> str:
@@ -43,9 +54,14 @@ def cpu_model() -> str:
 
 
 def header(
-    mode: str, repeats: int, workers: int, outcomes: list[Outcome], load_at_start: float
+    mode: str, repeats: int, workers: int, outcomes: list[Outcome], load_at_start: float,
+    state_at_start: str,
 ) -> str:
-    dirty = " (working tree has uncommitted changes)" if _git("status", "--porcelain") else ""
+    state = code_state()
+    dirty = " (burla's code has uncommitted changes)" if "+" in state else ""
+    if state != state_at_start:
+        dirty += (f"; burla's code changed during this run ({state_at_start} -> {state}), "
+                  "so rows may mix versions")
     versions = sorted({o.versions for o in outcomes if o.versions})
     ram = psutil.virtual_memory().total / 2**30
     return "\n".join([
