@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+from collections import OrderedDict
 from collections.abc import Iterator
 from typing import Any
 
@@ -31,6 +32,9 @@ Out = list[tuple[bytes, protocol.Message]]
 UPLOAD_WINDOW_BYTES = 64 * 1024 * 1024
 # Result bytes held for a slow client before dispatch of new chunks pauses.
 MAX_BACKLOG_BYTES = 64 * 1024 * 1024
+# Pickled functions kept for later jobs (the least recently used beyond this go; a job that
+# needs one again gets NeedFunction). Functions of live jobs always stay.
+FUNCTION_CACHE_BYTES = 1024 * 1024 * 1024
 
 
 class Scheduler:
@@ -40,7 +44,7 @@ class Scheduler:
         self.nodes: dict[str, Node] = {}
         self.peers: dict[bytes, str] = {}  # agent routing id -> agent_id
         self.jobs: dict[str, Job] = {}
-        self.functions: dict[str, Any] = {}
+        self.functions: OrderedDict[str, Any] = OrderedDict()
         self.queued: list[str] = []  # jobs waiting for slots, oldest first
         # Attempts of this coordinator run start here, so a late result sent to an earlier
         # run (whose chunk ids and attempts started over) never matches one of ours.
@@ -108,6 +112,8 @@ class Scheduler:
             self.functions[msg.function_hash] = msg.function
         elif msg.function_hash not in self.functions:
             return [(peer, protocol.NeedFunction(msg.job_id))]
+        self.functions.move_to_end(msg.function_hash)
+        self._trim_functions()
         if not self.nodes:
             return [(peer, protocol.Refuse(
                 "no_nodes",
@@ -132,6 +138,15 @@ class Scheduler:
         log.info("job_submitted", job=job.job_id, owner=owner, slots=job.slots,
                  function=msg.function_name, detach=job.detach)
         return [(peer, protocol.Accept(job.job_id, job.slots, UPLOAD_WINDOW_BYTES, -1))] + out
+
+    def _trim_functions(self) -> None:
+        live = {job.function_hash for job in self.jobs.values()}
+        size = sum(_nbytes(f) for f in self.functions.values())
+        for function_hash in list(self.functions):
+            if size <= FUNCTION_CACHE_BYTES:
+                return
+            if function_hash not in live:
+                size -= _nbytes(self.functions.pop(function_hash))
 
     def attach(self, peer: bytes, owner: str, job_id: str, now: float) -> Out:
         job = self.jobs.get(job_id)
@@ -439,3 +454,7 @@ class Scheduler:
             else:
                 out += self.cancel(job.job_id, None, "the client went silent")
         return out
+
+
+def _nbytes(data: Any) -> int:
+    return len(data.buffer) if hasattr(data, "buffer") else len(data)

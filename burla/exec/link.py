@@ -20,9 +20,6 @@ from burla.exec.capture import Capture
 LOG_FLUSH_SECONDS = 0.05
 # Most log bytes held in one Logs message.
 LOG_BATCH_BYTES = 256 * 1024
-# When only output woke the thread, it waits this long so one read takes many lines (a wake-up
-# per line cost more than the printing); results never wait, they drain the pipes themselves.
-LOG_COALESCE_SECONDS = 0.002
 # Entries held while the agent link is congested before lines are dropped (and counted).
 MAX_PENDING_ENTRIES = 50_000
 
@@ -73,8 +70,6 @@ class AgentLink:
             ready = dict(poller.poll(timeout_ms))
             if not ready:
                 self.capture.flush_python()  # a long call's prints stream every timeout
-            if ready and self._agent not in ready and self._thread_side not in ready:
-                time.sleep(LOG_COALESCE_SECONDS)
             for fd in self.capture.read_fds:
                 if fd in ready:
                     self._read(fd)

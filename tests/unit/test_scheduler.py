@@ -282,3 +282,19 @@ def test_chunk_done_counts_only_from_a_batch_reaching_the_chunks_end(two_nodes):
     node = two_nodes.nodes[next(iter(job.allocations))]
     two_nodes.results(node, results("job", 0, 0, 1, done=True))  # says done, stops short
     assert 0 in job.inflight and job.done == 1
+
+
+def test_function_cache_is_bounded_but_keeps_live_jobs_functions(monkeypatch):
+    from burla.coordinator import scheduler as scheduler_module
+
+    monkeypatch.setattr(scheduler_module, "FUNCTION_CACHE_BYTES", 10)
+    s = scheduler()
+    s.add_node(b"agent-a", hello("a", cpus=4), NOW)
+    for n in range(3):
+        msg = submit(f"job{n}")
+        fields = {name: getattr(msg, name) for name in msg._header}
+        fields["function_hash"] = f"h{n}"
+        s.submit(CLIENT, "me", protocol.Submit(**fields, function=b"x" * 8), NOW)
+        if n < 2:
+            s.cancel(f"job{n}", None, "done")
+    assert list(s.functions) == ["h2"]  # the live job's function stays, old ones went
