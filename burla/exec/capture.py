@@ -116,8 +116,11 @@ class Capture:
             self._parsers[read_fd] = _StreamParser(stream, self.separator)
         wrappers = []
         for fd in (1, 2):
+            # stdout is block-buffered, as Python's is on a pipe (a write per line cost more
+            # than the printing); stderr stays line-buffered so a call's last words survive
+            # its crash. The link thread flushes stdout every 50 ms while a call runs.
             wrapper = _Stream(io.FileIO(fd, "w", closefd=False), encoding="utf-8",
-                              errors="replace", line_buffering=False)
+                              errors="replace", line_buffering=fd == 2)
             wrapper.capture = self
             wrappers.append(wrapper)
         sys.stdout, sys.stderr = wrappers
