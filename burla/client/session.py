@@ -338,9 +338,10 @@ class JobSession:
         elif isinstance(msg, protocol.NeedFunction):
             assert self.spec is not None
             self._send(sock, self._submit(self.spec.function))
-            # Chunks sent early went to a job that did not exist yet: send them again.
+            # Chunks (and InputsDone) sent early went to a job that did not exist yet: again.
             self.early, self.window, self.sent_early = False, 0, 0
             self.resend.extend(self.ledger.unfinished())
+            self._done_sent = False
         elif isinstance(msg, protocol.Refuse) and msg.kind == "unknown_peer":
             raise _Reconnect("the coordinator no longer knew this connection")
         elif isinstance(msg, protocol.Refuse) and msg.kind == "no_nodes" and self.reconnecting:

@@ -203,3 +203,24 @@ def test_two_processes_jobs_never_mix(cluster):
         out, err = proc.communicate(timeout=50)
         assert proc.returncode == 0, err
         assert out.strip() == f"ok {tag}"
+
+
+def test_job_with_a_function_sent_on_request_frees_its_slots_at_once(cluster):
+    from burla.client.admin import cluster_status
+
+    blob = b"x" * (1024 * 1024)  # over the inline limit: the coordinator asks for it
+
+    def uses_blob(x):
+        return len(blob) + x
+
+    remote_parallel_map(identity, [1], spinner=False)  # a known cluster: chunks go early
+    assert remote_parallel_map(uses_blob, range(50), spinner=False) == [
+        len(blob) + x for x in range(50)
+    ]
+    deadline = time.monotonic() + 3  # well under the 5 s that a stuck job would hold them
+    while time.monotonic() < deadline:
+        status = cluster_status()
+        if not status["jobs"] and all(n["used_cpus"] == 0 for n in status["nodes"]):
+            break
+        time.sleep(0.05)
+    assert not status["jobs"], f"the job did not finish on the cluster: {status}"
