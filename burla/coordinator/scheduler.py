@@ -11,9 +11,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-from collections import OrderedDict
 from collections.abc import Iterator
-from typing import Any
 
 import structlog
 
@@ -21,6 +19,7 @@ from burla import protocol
 from burla.config import PEER_TIMEOUT_SECONDS
 from burla.coordinator import placement
 from burla.coordinator.delivery import ResultStream
+from burla.coordinator.functions import FunctionCache
 from burla.coordinator.jobstore import JobStore, StoredJob
 from burla.coordinator.state import ChunkState, Job, Node, Request
 
@@ -32,9 +31,6 @@ Out = list[tuple[bytes, protocol.Message]]
 UPLOAD_WINDOW_BYTES = 64 * 1024 * 1024
 # Result bytes held for a slow client before dispatch of new chunks pauses.
 MAX_BACKLOG_BYTES = 64 * 1024 * 1024
-# Pickled functions kept for later jobs (the least recently used beyond this go; a job that
-# needs one again gets NeedFunction). Functions of live jobs always stay.
-FUNCTION_CACHE_BYTES = 1024 * 1024 * 1024
 
 
 class Scheduler:
@@ -44,7 +40,7 @@ class Scheduler:
         self.nodes: dict[str, Node] = {}
         self.peers: dict[bytes, str] = {}  # agent routing id -> agent_id
         self.jobs: dict[str, Job] = {}
-        self.functions: OrderedDict[str, Any] = OrderedDict()
+        self.functions = FunctionCache()
         self.queued: list[str] = []  # jobs waiting for slots, oldest first
         # Attempts of this coordinator run start here, so a late result sent to an earlier
         # run (whose chunk ids and attempts started over) never matches one of ours.
@@ -109,11 +105,10 @@ class Scheduler:
         if job is not None:  # a retried submit, or a client back after a lost connection
             return self.reattach(job, peer, owner, now)
         if msg.function:
-            self.functions[msg.function_hash] = msg.function
+            self.functions.put(msg.function_hash, msg.function)
         elif msg.function_hash not in self.functions:
             return [(peer, protocol.NeedFunction(msg.job_id))]
-        self.functions.move_to_end(msg.function_hash)
-        self._trim_functions()
+        self.functions.touch(msg.function_hash, {j.function_hash for j in self.jobs.values()})
         if not self.nodes:
             return [(peer, protocol.Refuse(
                 "no_nodes",
@@ -138,15 +133,6 @@ class Scheduler:
         log.info("job_submitted", job=job.job_id, owner=owner, slots=job.slots,
                  function=msg.function_name, detach=job.detach)
         return [(peer, protocol.Accept(job.job_id, job.slots, UPLOAD_WINDOW_BYTES, -1))] + out
-
-    def _trim_functions(self) -> None:
-        live = {job.function_hash for job in self.jobs.values()}
-        size = sum(_nbytes(f) for f in self.functions.values())
-        for function_hash in list(self.functions):
-            if size <= FUNCTION_CACHE_BYTES:
-                return
-            if function_hash not in live:
-                size -= _nbytes(self.functions.pop(function_hash))
 
     def attach(self, peer: bytes, owner: str, job_id: str, now: float) -> Out:
         job = self.jobs.get(job_id)
@@ -193,7 +179,7 @@ class Scheduler:
     def _restored_job(self, stored: StoredJob, now: float) -> Job:
         function = self.store.function(stored.function_hash)
         if function is not None:
-            self.functions[stored.function_hash] = function
+            self.functions.put(stored.function_hash, function)
         job = Job(
             stored.job_id, stored.owner, stored.function_hash, stored.function_name,
             Request(**stored.request), stored.max_parallelism, True, stored.parent_job,
@@ -454,7 +440,3 @@ class Scheduler:
             else:
                 out += self.cancel(job.job_id, None, "the client went silent")
         return out
-
-
-def _nbytes(data: Any) -> int:
-    return len(data.buffer) if hasattr(data, "buffer") else len(data)

@@ -285,9 +285,9 @@ def test_chunk_done_counts_only_from_a_batch_reaching_the_chunks_end(two_nodes):
 
 
 def test_function_cache_is_bounded_but_keeps_live_jobs_functions(monkeypatch):
-    from burla.coordinator import scheduler as scheduler_module
+    from burla.coordinator import functions
 
-    monkeypatch.setattr(scheduler_module, "FUNCTION_CACHE_BYTES", 10)
+    monkeypatch.setattr(functions, "FUNCTION_CACHE_BYTES", 10)
     s = scheduler()
     s.add_node(b"agent-a", hello("a", cpus=4), NOW)
     for n in range(3):
