@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import memory, tasks
+from benchmarks.contention import ForeignLoad
 from benchmarks.peers import PEERS
 from benchmarks.workloads import WORKLOADS
 
@@ -61,13 +62,15 @@ def run(args: argparse.Namespace) -> int:
             report.update(measure_started_at=now, first_measure_at=report.state.get(
                 "first_measure_at") or now)
             began = time.perf_counter()
-            if workload.sampled:
-                with memory.PeakSampler(peer.cluster_processes) as sampler:
+            with ForeignLoad(peer.cpu_processes) as foreign:
+                if workload.sampled:
+                    with memory.PeakSampler(peer.cluster_processes) as sampler:
+                        metrics = workload.measure(peer, prepared, n, repeat)
+                    metrics["client_peak_mb"] = sampler.client_peak / MB
+                    metrics["cluster_peak_mb"] = sampler.cluster_peak / MB
+                else:
                     metrics = workload.measure(peer, prepared, n, repeat)
-                metrics["client_peak_mb"] = sampler.client_peak / MB
-                metrics["cluster_peak_mb"] = sampler.cluster_peak / MB
-            else:
-                metrics = workload.measure(peer, prepared, n, repeat)
+            metrics["foreign_cores"] = foreign.cores
             last = time.perf_counter() - began
             spent += last
             report.update(runs=[*report.state["runs"], metrics], measure_started_at=None)

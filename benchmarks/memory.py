@@ -31,6 +31,18 @@ def burla_coordinators() -> list[psutil.Process]:
         return []
 
 
+def burla_daemons() -> list[psutil.Process]:
+    """The embedded cluster's coordinator, agent and the agent's descendants (executors)."""
+    try:
+        from burla.client import local_cluster
+
+        info = local_cluster.running_info() or {}
+        procs = [psutil.Process(info[k]) for k in ("coordinator_pid", "agent_pid") if k in info]
+    except (ImportError, AttributeError, psutil.Error):
+        return []
+    return procs + [c for p in procs[1:] for c in descendants(p.pid)]
+
+
 def _coordinators_by_cmdline() -> list[psutil.Process]:
     found = []
     for proc in psutil.process_iter(["cmdline"]):

@@ -18,6 +18,8 @@ from benchmarks.workloads import NOT_IMPLEMENTED, WORKLOADS, fmt_s
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+# Other processes' CPU during a repeat (in cores, of this machine's few) worth flagging on its row.
+CONTENTION_NOTE_CORES = 0.25
 
 
 def _git(*args: str) -> str:
@@ -75,6 +77,7 @@ def header(
         f"- mode: {mode}, {repeats} repeat(s) per measurement, medians shown; "
         f"{workers} worker processes for every tool",
         f"- tools: {', '.join(versions) or 'none ran'}",
+        "- rows say when other processes used CPU during a repeat (the worst repeat is shown)",
         "- burla/peer: burla's median time divided by the peer's (< 1: burla is faster); "
         "the target column is checked on burla's row only",
     ])
@@ -124,6 +127,9 @@ def table(outcomes: list[Outcome], names: list[str]) -> str:
         burla = tools.get("burla")
         for tool, outcome in tools.items():
             detail = workload.detail(outcome.median(), tool) if outcome.ok else ""
+            foreign = max((run.get("foreign_cores", 0.0) for run in outcome.runs), default=0.0)
+            if foreign >= CONTENTION_NOTE_CORES:
+                detail += f"; other processes used up to {foreign:.1f} cores"
             notes = "; ".join(outcome.notes)
             if notes:
                 detail = f"{detail}; {notes}" if detail else notes

@@ -36,6 +36,10 @@ class Peer:
     def map(self, f: Callable[[Any], Any], inputs: Iterable[Any]) -> list[Any]:
         raise NotImplementedError
 
+    def cpu_processes(self) -> list[psutil.Process]:
+        """Processes whose CPU is this tool's own work (the rest is contention)."""
+        return psutil.Process(os.getpid()).children(recursive=True)
+
     def between_runs(self) -> None:
         """Housekeeping between timed repeats (never timed)."""
 

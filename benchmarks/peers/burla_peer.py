@@ -69,6 +69,9 @@ class BurlaPeer(Peer):
     def cluster_processes(self) -> list[psutil.Process]:
         return memory.burla_coordinators()
 
+    def cpu_processes(self) -> list[psutil.Process]:
+        return super().cpu_processes() + memory.burla_daemons()
+
     def versions(self) -> str:
         import burla
 
