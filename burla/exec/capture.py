@@ -150,10 +150,13 @@ class Capture:
                 or _pending_bytes(self.read_fds[1]) > 0
             )
             self.dirty = False
-            if printed:
-                mark = self.separator + str(index).encode() + b"\n"
-                os.write(1, mark)
-                os.write(2, mark)
+        if printed:
+            # Written outside the lock: a full pipe blocks this write until the reader drains
+            # it, and the reader needs the lock to do so. Output the reader takes in between
+            # still ends before this separator, so it is still claimed by `index`.
+            mark = self.separator + str(index).encode() + b"\n"
+            os.write(1, mark)
+            os.write(2, mark)
 
     def read(self, fd: int, out: list[list[object]]) -> None:
         """Read what `fd` holds now and append its entries to `out` (the link thread calls this)."""
