@@ -1,10 +1,12 @@
-"""File-descriptor-level capture of an executor's stdout and stderr, tagged by input index.
+"""Capture of an executor's stdout and stderr, tagged by input index.
 
-fds 1 and 2 become pipes, so output of C extensions and subprocesses is captured too. The
-runner marks the end of every input that printed with a separator written into the pipes; the
-reader (the executor's link thread) turns the byte stream into `[index, stream, text]` entries,
-one per block of complete lines.
-This module never sends anything and never runs user code.
+Python-level writes (print, sys.stdout.write) are kept in memory as (index, stream, text) and
+turned into entries by the executor's link thread: no syscall per print, line or input. fds 1
+and 2 are pipes as well, so output of C extensions and subprocesses is captured too; once such
+a writer shows up (`exact`), Python's writes go through the pipes as well, in order with it,
+and the runner marks the end of every input that printed with a separator written into the
+pipes. Either way the reader yields `[index, stream, text]` entries, one per block of complete
+lines. This module never sends anything and never runs user code.
 """
 
 from __future__ import annotations
@@ -80,7 +82,9 @@ class _StreamParser:
 
 
 class _Stream(io.TextIOWrapper):
-    """sys.stdout/sys.stderr: notes that Python code wrote, so a silent input costs nothing."""
+    """sys.stdout/sys.stderr. Until fd-level writers appear, `write` is an instance attribute:
+    the C `append` of a list of texts (`Capture.texts`), so a print costs no Python call. Once
+    they appear it is this method, through the pipe, in order with them."""
 
     capture: Capture
 
@@ -90,21 +94,26 @@ class _Stream(io.TextIOWrapper):
 
 
 class Capture:
-    """Owns fds 1 and 2 of the executor. The runner calls `begin`/`end` around each input.
+    """Owns fds 1 and 2 of the executor. The runner calls `end` after each input that printed.
 
-    An input that printed is closed by a separator, so its lines carry its index exactly.
-    Knowing whether it printed costs nothing for Python-level output (a flag) and for output the
-    reader already saw; fd-level output still in the pipe needs a syscall, so that check runs
-    only once fd-level writers have shown up (`exact`), keeping silent inputs free.
+    Python's writes wait in `texts` (one list per stream) until `end` turns them into entries
+    tagged with the input's index, or until the link thread takes the complete lines of a call
+    still running. An input whose output went through the pipes is closed by a separator, so
+    its lines carry its index exactly. Knowing whether it did costs nothing for output the
+    reader already saw; output still in the pipe needs a syscall, so that check runs only once
+    fd-level writers have shown up (`exact`), keeping silent inputs free.
     """
 
     def __init__(self) -> None:
         self.separator = b"\0burla-" + os.urandom(6).hex().encode() + b":"
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the pipes' parsers, and `texts` against `finished`
         self.dirty = False  # the reader saw output no separator has claimed yet
-        self.python_wrote = False
+        self.python_wrote = False  # Python wrote into the pipes (only once `exact`)
         self.exact = False  # fd-level writers (C code, subprocesses) were seen
         self.running_index = -1
+        # Python's writes not yet made entries: appended by any thread, stream 1 then 2.
+        self.texts: tuple[list[str], list[str]] = ([], [])
+        self.finished: list[list[object]] = []  # entries of ended inputs, for the link thread
         self.read_fds: list[int] = []
         self._parsers: dict[int, _StreamParser] = {}
         for stream in (1, 2):
@@ -114,16 +123,17 @@ class Capture:
             os.set_blocking(read_fd, False)
             self.read_fds.append(read_fd)
             self._parsers[read_fd] = _StreamParser(stream, self.separator)
-        wrappers = []
-        for fd in (1, 2):
-            # stdout is block-buffered, as Python's is on a pipe (a write per line cost more
-            # than the printing); stderr stays line-buffered so a call's last words survive
-            # its crash. The link thread flushes stdout every 50 ms while a call runs.
+        self._wrappers = []
+        for fd, texts in zip((1, 2), self.texts, strict=True):
+            # Used once fd-level writers appeared. stdout is block-buffered, as Python's is on
+            # a pipe (a write per line cost more than the printing); stderr stays line-buffered.
+            # The link thread flushes stdout every 50 ms while a call runs.
             wrapper = _Stream(io.FileIO(fd, "w", closefd=False), encoding="utf-8",
                               errors="replace", line_buffering=fd == 2)
             wrapper.capture = self
-            wrappers.append(wrapper)
-        sys.stdout, sys.stderr = wrappers
+            wrapper.write = texts.append  # type: ignore[method-assign,assignment]
+            self._wrappers.append(wrapper)
+        sys.stdout, sys.stderr = self._wrappers
 
     def flush_python(self) -> None:
         """Push what Python code printed into the pipes (the link thread calls this while a
@@ -136,9 +146,14 @@ class Capture:
         self.running_index = index
 
     def end(self, index: int) -> None:
-        """Mark the end of input `index`'s output, if it printed anything."""
+        """Close input `index`'s output, if it printed anything (the runner calls this)."""
+        if self.texts[0] or self.texts[1]:
+            with self._lock:
+                for stream, texts in enumerate(self.texts, 1):
+                    if texts:
+                        _add_entries(index, stream, _take_text(texts, len(texts)), self.finished)
         if not (self.python_wrote or self.dirty or self.exact):
-            return  # the common case: a silent input, no syscall
+            return  # the common case: no output through the pipes, no syscall
         if self.python_wrote:
             self.python_wrote = False
             sys.stdout.flush()
@@ -158,6 +173,25 @@ class Capture:
             os.write(1, mark)
             os.write(2, mark)
 
+    def take_texts(self, out: list[list[object]]) -> None:
+        """Append entries of ended inputs, and the complete lines of the running one, to `out`
+        (the link thread calls this)."""
+        if not (self.finished or self.texts[0] or self.texts[1]):
+            return
+        with self._lock:
+            out.extend(self.finished)
+            self.finished.clear()
+            for stream, texts in enumerate(self.texts, 1):
+                count = len(texts)
+                if not count:
+                    continue
+                text = _take_text(texts, count)
+                cut = text.rfind("\n") + 1
+                if cut < len(text) and len(text) - cut < MAX_ENTRY_BYTES:
+                    texts.insert(0, text[cut:])  # the line being written waits for its end
+                    text = text[:cut]
+                _add_entries(self.running_index, stream, text, out)
+
     def read(self, fd: int, out: list[list[object]]) -> None:
         """Read what `fd` holds now and append its entries to `out` (the link thread calls this)."""
         with self._lock:
@@ -175,8 +209,37 @@ class Capture:
             if self._parsers[fd].feed(b"".join(chunks), self.running_index, out):
                 self.dirty = True
                 if not self.python_wrote:  # nobody in Python wrote it: C code or a subprocess
-                    self.exact = True
+                    self.use_pipes()
 
     def read_all(self, out: list[list[object]]) -> None:
+        """Everything captured so far (before a result leaves, and at exit)."""
+        self.take_texts(out)
         for fd in self.read_fds:
             self.read(fd, out)
+
+    def use_pipes(self) -> None:
+        """From now on Python writes through the pipes, in order with the fd-level writers."""
+        if not self.exact:
+            self.exact = True
+            for wrapper in self._wrappers:
+                del wrapper.write  # back to _Stream.write
+
+
+def _take_text(texts: list[str], count: int) -> str:
+    """Join and remove the first `count` writes (writers only append: none is lost)."""
+    taken = texts[:count]
+    del texts[:count]
+    try:
+        return "".join(taken)
+    except TypeError:  # print() gives str; a direct write of something else is shown as str
+        return "".join(t if isinstance(t, str) else str(t) for t in taken)
+
+
+def _add_entries(index: int, stream: int, text: str, out: list[list[object]]) -> None:
+    """Append `text` as entries of at most MAX_ENTRY_BYTES, cut at line ends where possible."""
+    while len(text) > MAX_ENTRY_BYTES:
+        cut = text.rfind("\n", 0, MAX_ENTRY_BYTES) + 1 or MAX_ENTRY_BYTES
+        out.append([index, stream, text[:cut]])
+        text = text[cut:]
+    if text:
+        out.append([index, stream, text])

@@ -7,8 +7,10 @@ an input's log lines always reach the agent before its result. It never unpickle
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import zmq
@@ -70,22 +72,25 @@ class AgentLink:
             ready = dict(poller.poll(timeout_ms))
             if not ready:
                 self.capture.flush_python()  # a long call's prints stream every timeout
+            self._gather(self.capture.take_texts)
             for fd in self.capture.read_fds:
                 if fd in ready:
-                    self._read(fd)
+                    self._gather(functools.partial(self.capture.read, fd))
             if self._agent in ready:
                 self._forward_incoming()
             if self._thread_side in ready:
                 self._forward_outgoing()
             if self._entries and time.monotonic() - self._entries_since >= LOG_FLUSH_SECONDS:
                 self._flush_logs()
+        self._gather(self.capture.read_all)
         self._flush_logs()
         for sock in (self._agent, self._thread_side, self._runner_side):
             sock.close(linger=0)
 
-    def _read(self, fd: int) -> None:
+    def _gather(self, read: Callable[[list[list[object]]], None]) -> None:
+        """Run `read` to append captured entries; drop the oldest past MAX_PENDING_ENTRIES."""
         before = len(self._entries)
-        self.capture.read(fd, self._entries)
+        read(self._entries)
         if before == 0 and self._entries:
             self._entries_since = time.monotonic()
         if len(self._entries) > MAX_PENDING_ENTRIES:
@@ -111,8 +116,7 @@ class AgentLink:
                 self._stop = True
                 return
             # Output printed before this message was sent belongs before it on the wire.
-            for fd in self.capture.read_fds:
-                self._read(fd)
+            self._gather(self.capture.read_all)
             self._flush_logs()
             self._agent.send_multipart(frames, copy=False)
 

@@ -104,6 +104,7 @@ class Runner:
         assert function is not None and chunk.job_id == self.job_id, "chunk before its Load"
         inputs = pickle.loads(chunk.data)
         capture = self.capture
+        out_texts, err_texts = capture.texts
         first = chunk.first_index + chunk.skip
         values: list[Any] = []
         errors: list[int] = []
@@ -119,7 +120,7 @@ class Runner:
                 exc = exc.with_traceback(_user_frames(exc.__traceback__))
                 values.append(portable_exception(exc))
                 errors.append(index)
-            if capture.python_wrote or capture.dirty or capture.exact:  # inline: the hot path
+            if out_texts or err_texts or capture.dirty or capture.exact:  # inline: hot path
                 capture.end(index)
             now = time.monotonic()
             if (position == last or len(values) >= RESULT_FLUSH_COUNT

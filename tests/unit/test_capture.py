@@ -1,6 +1,6 @@
-"""Capture under a full pipe: every line arrives, tagged with the input that printed it.
+"""Capture: every line arrives, whole, tagged with the input that printed it.
 
-Capture takes over fds 1 and 2, so the case runs in a child interpreter with a reader thread
+Capture takes over fds 1 and 2, so each case runs in a child interpreter with a reader thread
 that plays the executor's link thread.
 """
 
@@ -20,8 +20,10 @@ CHILD = textwrap.dedent(
     import fcntl, json, select, sys, threading, time
     from burla.exec.capture import Capture
 
-    inputs = int(sys.argv[2])
+    out_path, mode, inputs = sys.argv[1], sys.argv[2], int(sys.argv[3])
     capture = Capture()
+    if mode == "pipe":  # as if C code had written: Python's writes use the pipes
+        capture.use_pipes()
     for fd in capture.read_fds:
         fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, {PIPE_BYTES})
     entries, stop = [], threading.Event()
@@ -31,7 +33,8 @@ CHILD = textwrap.dedent(
         for fd in capture.read_fds:
             poller.register(fd, select.POLLIN)
         while not stop.is_set():
-            for fd, _ in poller.poll(10):
+            capture.take_texts(entries)
+            for fd, _ in poller.poll(1):
                 time.sleep(0.02)  # a busy link thread: the runner meets a full pipe meanwhile
                 capture.read(fd, entries)
         capture.read_all(entries)
@@ -40,15 +43,28 @@ CHILD = textwrap.dedent(
     thread.start()
     for index in range(inputs):
         capture.begin(index)
-        # Written at end() in one go, it leaves no room in the pipe for the separator.
+        # Pipe mode: written at end() in one go, it leaves no room for the separator.
         print(f"{{index:04d}} " + "x" * ({PIPE_BYTES} - 32))
+        if mode == "memory":  # lines built from many writes, some on stderr
+            for part in range(50):
+                print(f"{{index:04d}}", end="")
+                print(f" {{part}}", end=" y\\n" if part % 10 == 9 else "")
+            print(f"{{index:04d}} to stderr", file=sys.stderr)
         capture.end(index)
     stop.set()
     thread.join()
-    with open(sys.argv[1], "w") as out:
+    with open(out_path, "w") as out:
         json.dump(entries, out)
     """
 )
+
+
+def _run_child(tmp_path: Path, mode: str, inputs: int) -> list[tuple[int, int, str]]:
+    out = tmp_path / "entries.json"
+    child = subprocess.run([sys.executable, "-c", CHILD, str(out), mode, str(inputs)],
+                           timeout=20, capture_output=True, text=True)
+    assert child.returncode == 0, child.stderr
+    return [(index, stream, text) for index, stream, text in json.loads(out.read_text())]
 
 
 @pytest.mark.timeout(40)
@@ -56,10 +72,27 @@ def test_a_separator_meeting_a_full_pipe_waits_for_the_reader(tmp_path: Path) ->
     # The separator write used to hold the lock that the reader needs to drain the pipe: the
     # executor hung for good (seen in W5, 10,000 inputs printing 10 lines each).
     inputs = 20
-    out = tmp_path / "entries.json"
-    child = subprocess.run([sys.executable, "-c", CHILD, str(out), str(inputs)],
-                           timeout=20, capture_output=True, text=True)
-    assert child.returncode == 0, child.stderr
-    tagged = [(index, stream, text) for index, stream, text in json.loads(out.read_text())]
-    assert [(index, stream) for index, stream, _ in tagged] == [(i, 1) for i in range(inputs)]
-    assert all(text.startswith(f"{index:04d} x") for index, _, text in tagged)
+    entries = _run_child(tmp_path, "pipe", inputs)
+    assert [(index, stream) for index, stream, _ in entries] == [(i, 1) for i in range(inputs)]
+    assert all(text.startswith(f"{index:04d} x") for index, _, text in entries)
+
+
+@pytest.mark.timeout(40)
+def test_python_writes_kept_in_memory_arrive_as_whole_lines_of_their_input(
+    tmp_path: Path,
+) -> None:
+    inputs = 300
+    entries = _run_child(tmp_path, "memory", inputs)
+    lines: dict[tuple[int, int], list[str]] = {}
+    for index, stream, text in entries:
+        assert text.endswith("\n"), f"entry {text[-30:]!r} of input {index} cuts a line"
+        for line in text.splitlines():
+            assert line.startswith(f"{index:04d}"), f"{line[:20]!r} tagged with input {index}"
+            lines.setdefault((index, stream), []).append(line)
+    for index in range(inputs):
+        stdout = lines[(index, 1)]
+        assert len(stdout) == 6 and stdout[0].startswith(f"{index:04d} x")
+        expected = ["".join(f"{index:04d} {p}" for p in range(start, start + 10)) + " y"
+                    for start in range(0, 50, 10)]
+        assert stdout[1:] == expected
+        assert lines[(index, 2)] == [f"{index:04d} to stderr"]
