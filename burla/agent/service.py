@@ -42,7 +42,7 @@ START_RETRY_SECONDS = 1.0
 class AgentJob:
     job_id: str
     function_hash: str
-    function: bytes
+    function: protocol.Blob  # the frame as received: each Load shares it, none copies it
     slots: int
     shape: Shape
     owner: str
@@ -61,7 +61,7 @@ class Agent:
         self.policy = build_policy(config)
         self.pool = ExecutorPool(self.endpoint, self.on_executor_exit, self.policy)
         self.jobs: dict[str, AgentJob] = {}
-        self.functions: dict[str, bytes] = {}
+        self.functions: dict[str, protocol.Blob] = {}
         self.registered = asyncio.Event()
         self.warmed = asyncio.Event()  # every executor started at launch has said Hello
         self.stopping = asyncio.Event()
@@ -194,8 +194,8 @@ class Agent:
         self.stop(msg.reason)
 
     def on_assign(self, msg: protocol.Assign) -> None:
-        if msg.function:
-            self.functions[msg.function_hash] = bytes(msg.function)
+        if msg.function:  # kept as received: a copy of a big function cost as much as a hop
+            self.functions[msg.function_hash] = msg.function
         function = self.functions.get(msg.function_hash)
         if function is None:
             log.error("assign_without_function", job=msg.job_id)
@@ -212,7 +212,8 @@ class Agent:
             self.make_room(shape)
             self.attach(self.pool.spawn(shape, msg.owner), job)
         self.send_up(protocol.Credit(job.job_id, msg.slots * (1 + self.config.prefetch)))
-        log.info("job_assigned", job=job.job_id, slots=msg.slots, warm=len(warm))
+        log.info("job_assigned", job=job.job_id, slots=msg.slots, warm=len(warm),
+                 function_bytes=len(msg.function))  # 0: this agent had the function already
 
     def make_room(self, shape: Shape) -> None:
         """Stop one idle executor of another shape or owner so a new one fits the CPUs."""

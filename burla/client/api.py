@@ -8,6 +8,7 @@ import pickle
 import platform
 import queue
 import sys
+import threading
 import uuid
 from collections.abc import Callable, Generator, Iterable
 from typing import Any
@@ -27,6 +28,9 @@ GPU_TYPES = {"A100": "A100_40G", "A100_40G": "A100_40G", "A100_80G": "A100_80G",
 # Seconds to wait for a first answer from the cluster before ClusterUnreachable.
 CONNECT_TIMEOUT_SECONDS = float(os.environ.get("BURLA_CONNECT_TIMEOUT", "20"))
 _EVENT_WAIT_SECONDS = 0.1
+# A pickle at least this big is hashed by a second thread while its pieces are joined: the two
+# passes over the bytes overlap (both release the GIL). Smaller ones are not worth a thread.
+CONCURRENT_HASH_BYTES = 1024 * 1024
 
 
 def remote_parallel_map(
@@ -123,36 +127,75 @@ def _job_spec(
     image: str | None, max_parallelism: int | None, grow: bool, detach: bool,
 ) -> JobSpec:
     name = getattr(function_, "__qualname__", None) or repr(function_)
-    blob = _pickle_function(function_, name)
+    blob, function_hash = _pickle_function(function_, name)
     return JobSpec(
-        job_id=uuid.uuid4().hex, function=blob,
-        function_hash=hashlib.blake2b(blob, digest_size=16).hexdigest(), function_name=name,
+        job_id=uuid.uuid4().hex, function=blob, function_hash=function_hash, function_name=name,
         func_cpu=func_cpu, func_ram=ram_gb, func_gpu=GPU_TYPES.get(func_gpu or "", None),
         image=image, max_parallelism=max_parallelism, grow=grow, detach=detach,
         python_version=".".join(platform.python_version_tuple()[:2]),
     )
 
 
-def _pickle_function(function_: Callable[..., Any], name: str) -> bytes:
+def _pickle_function(function_: Callable[..., Any], name: str) -> tuple[bytes, str]:
+    """The function's pickle and its content hash, the cluster's cache key for it."""
     module = sys.modules.get(getattr(function_, "__module__", "") or "")
     by_value = module is not None and _is_user_module(module)
     if by_value:  # the cluster may not have the user's own modules installed: ship the code
         cloudpickle.register_pickle_by_value(module)
+    pieces = _Pieces()
     try:
-        blob = cloudpickle.dumps(function_, protocol=pickle.HIGHEST_PROTOCOL)
+        cloudpickle.Pickler(pieces, protocol=pickle.HIGHEST_PROTOCOL).dump(function_)
     except Exception as exc:
         raise TypeError(f"function {name} cannot be pickled to send it to the cluster: "
                         f"{exc}") from exc
     finally:
         if by_value:
             cloudpickle.unregister_pickle_by_value(module)
-    if len(blob) > MAX_FUNCTION_BYTES:
+    if pieces.size > MAX_FUNCTION_BYTES:
         raise FunctionTooBig(
-            f"function {name} pickles to {len(blob) / 2**20:.0f} MB, over the "
+            f"function {name} pickles to {pieces.size / 2**20:.0f} MB, over the "
             f"{MAX_FUNCTION_BYTES // 2**20} MB limit. It likely closes over large data: load "
             f"that data inside the function instead (from a file or bucket)."
         )
-    return blob
+    return pieces.join_and_hash()
+
+
+class _Pieces:
+    """A pickler's output kept as the objects it wrote. A big bytes value the function closes
+    over arrives as itself, not copied into a growing buffer, so joining the pieces is the only
+    copy, and hashing can read them at the same time."""
+
+    def __init__(self) -> None:
+        self.pieces: list[Any] = []
+        self.size = 0
+
+    def write(self, data: Any) -> int:
+        size = memoryview(data).nbytes
+        self.pieces.append(data)
+        self.size += size
+        return size
+
+    def join_and_hash(self) -> tuple[bytes, str]:
+        # SHA-256: collision-safe, as a cache key must be, and twice blake2b's speed where the
+        # CPU has SHA instructions.
+        digest = hashlib.sha256()
+        if self.size < CONCURRENT_HASH_BYTES:
+            blob = b"".join(self.pieces)
+            digest.update(blob)
+            return blob, digest.hexdigest()
+        hasher = threading.Thread(target=_hash_pieces, args=(digest, self.pieces),
+                                  name="burla-hash")
+        hasher.start()
+        try:
+            blob = b"".join(self.pieces)
+        finally:
+            hasher.join()
+        return blob, digest.hexdigest()
+
+
+def _hash_pieces(digest: Any, pieces: list[Any]) -> None:
+    for piece in pieces:
+        digest.update(piece)
 
 
 def _is_user_module(module: Any) -> bool:

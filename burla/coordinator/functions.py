@@ -7,8 +7,10 @@ from collections.abc import Iterator, Set
 from typing import Any
 
 # Pickled functions kept for later jobs; the least recently used beyond this go (a job that
-# needs one again gets NeedFunction). Functions of live jobs always stay.
-FUNCTION_CACHE_BYTES = 1024 * 1024 * 1024
+# needs one again gets NeedFunction, one round trip and one upload). Functions of live jobs
+# always stay. Only functions over the client's inline limit (256 KiB) gain from being kept,
+# and a few of those are worth less than the memory: the coordinator aims at 300 MB in all.
+FUNCTION_CACHE_BYTES = 128 * 1024 * 1024
 
 
 def nbytes(data: Any) -> int:

@@ -29,8 +29,10 @@ from burla.exec.link import AgentLink
 # A partial result batch is sent once it is this old or holds this many results.
 RESULT_FLUSH_SECONDS = 0.005
 RESULT_FLUSH_COUNT = 4096
-# Functions kept loaded, for executors reused across jobs.
+# Functions kept loaded, for executors reused across jobs: at most this many, holding at most
+# this many pickled bytes (one bigger function is kept alone).
 FUNCTION_CACHE_SIZE = 8
+FUNCTION_CACHE_BYTES = 64 * 1024 * 1024
 _PR_SET_PDEATHSIG = 1
 
 
@@ -74,6 +76,7 @@ class Runner:
         self.link = link
         self.capture = capture
         self.functions: OrderedDict[str, Callable[..., Any]] = OrderedDict()
+        self.function_bytes: dict[str, int] = {}  # pickled size, standing in for loaded size
         self.function: Callable[..., Any] | None = None
         self.job_id = ""
 
@@ -90,14 +93,27 @@ class Runner:
     def load(self, msg: protocol.Load) -> None:
         function = self.functions.get(msg.function_hash)
         if function is None:
+            self.make_room(len(msg.function))
             function = cloudpickle.loads(msg.function)
             self.functions[msg.function_hash] = function
-            while len(self.functions) > FUNCTION_CACHE_SIZE:
-                self.functions.popitem(last=False)
+            self.function_bytes[msg.function_hash] = len(msg.function)
         self.functions.move_to_end(msg.function_hash)
         self.function = function
         self.job_id = self.link.job_id = msg.job_id
         os.environ.update(msg.env)
+
+    def make_room(self, size: int) -> None:
+        """Drop the least recently used functions until one of `size` pickled bytes fits.
+
+        Before unpickling, not after: the memory a big closure frees then holds the next one.
+        """
+        self.function = None  # its job is over: a Load comes only between chunks
+        while self.functions and (
+            len(self.functions) >= FUNCTION_CACHE_SIZE
+            or sum(self.function_bytes.values()) + size > FUNCTION_CACHE_BYTES
+        ):
+            oldest, _ = self.functions.popitem(last=False)
+            del self.function_bytes[oldest]
 
     def run_chunk(self, chunk: protocol.Chunk) -> None:
         function = self.function
