@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import pickle
 import random
 import resource
 import statistics
@@ -10,6 +11,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+import cloudpickle
 
 from benchmarks import coldstart, tasks
 from benchmarks.peers.base import Peer
@@ -149,7 +152,17 @@ def measure_w8(peer: Peer, prepared: None, n: int, repeat: int) -> Metrics:
     # A tiny call right after: shows a cost the big job leaves behind, and keeps it out of the
     # next repeat's small-closure baseline.
     after, _ = _timed(lambda: peer.map(tasks.noop, [1, 2, 3]))
-    return {"seconds": seconds, "small": small, "ratio": seconds / small, "next_call": after}
+    floor = _serialization_floor(big_f)
+    return {"seconds": seconds, "small": small, "ratio": seconds / small, "next_call": after,
+            "floor": floor, "floor_ratio": seconds / floor}
+
+
+def _serialization_floor(function: Callable[[int], int]) -> float:
+    """Seconds to pickle `function` once and unpickle it once, here, outside any job: what
+    shipping it costs at the least, before a byte crosses a wire."""
+    start = time.perf_counter()
+    pickle.loads(cloudpickle.dumps(function, protocol=pickle.HIGHEST_PROTOCOL))
+    return time.perf_counter() - start
 
 
 def fmt_s(seconds: float) -> str:
@@ -209,6 +222,7 @@ WORKLOADS: dict[str, Workload] = {
             "W8", "function closing over 50 MB, tiny inputs", 10_000, 1_000, 180, 60,
             measure_w8, "seconds",
             lambda m, t: f"small closure {fmt_s(m['small'])}, big/small {m['ratio']:.2f}, "
+            f"floor (dumps+loads) {fmt_s(m['floor'])}, big/floor {m['floor_ratio']:.2f}, "
             f"next tiny call {fmt_s(m['next_call'])}",
             note=lambda peer: "" if peer.ships_closures else "a callable object holding the "
             "payload (the standard pickle cannot ship closures)",
