@@ -9,9 +9,9 @@ from pathlib import Path
 
 from benchmarks import report, runner
 from benchmarks.peers import PEERS
-from benchmarks.workloads import NOT_IMPLEMENTED, WORKLOADS
+from benchmarks.workloads import WORKLOADS
 
-ALL_NAMES = sorted([*WORKLOADS, *NOT_IMPLEMENTED])
+ALL_NAMES = sorted(WORKLOADS)
 FULL_REPEATS = 3
 
 

@@ -14,7 +14,7 @@ import psutil
 
 from benchmarks import targets
 from benchmarks.outcome import Outcome
-from benchmarks.workloads import NOT_IMPLEMENTED, WORKLOADS, fmt_s
+from benchmarks.workloads import WORKLOADS, fmt_s
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -118,10 +118,6 @@ def table(outcomes: list[Outcome], names: list[str]) -> str:
         "|---|---|---|---|---|---|",
     ]
     for name in names:
-        if name in NOT_IMPLEMENTED:
-            rows.append(f"| {name} | — | {name}: not implemented yet | "
-                        f"{NOT_IMPLEMENTED[name]} | | |")
-            continue
         workload = WORKLOADS[name]
         tools = by_workload.get(name, {})
         burla = tools.get("burla")

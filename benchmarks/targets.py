@@ -99,6 +99,13 @@ def checks_for(name: str, m: dict[str, float], peers: dict[str, Outcome]) -> lis
         ]
     if name == "W8":
         return [_w8(m)]
+    if name == "W9":
+        rate = m["inputs_per_second"]
+        return [
+            (rate >= 200_000, f"{rate:,.0f} inputs/s {'≥' if rate >= 200_000 else '<'} 200,000"),
+            _at_most(m["idle_cpu_percent"], 5.0, "idle heartbeats",
+                     lambda v: f"{v:.1f}% of a core"),
+        ]
     return []
 
 

@@ -1,9 +1,12 @@
 """W9: a real coordinator alone against 1,000 simulated agents x 32 slots on loopback.
 
 The simulated agents live in one child process: each is a DEALER that registers, pings, grants
-credit and answers every chunk at once with a result batch, so the coordinator (and the client)
-is what is measured. Reports the dispatch rate of a large job and the coordinator's CPU while
-1,000 agents idle. Run: python -m benchmarks.w9_coordinator [--agents N] [--inputs N].
+credit and answers every chunk at once, echoing its inputs as results, so the coordinator (and
+the client) is what is measured. Each batch reports `--us-per-input` of compute per input
+(default 20 us, a fast function), which the client uses to size chunks as it would for real
+executors. Reports the dispatch rate of a large job (inputs and chunks per second) and the
+coordinator's CPU while 1,000 agents idle.
+Run: python -m benchmarks.w9_coordinator [--agents N] [--inputs N].
 """
 
 from __future__ import annotations
@@ -45,8 +48,8 @@ def _start_coordinator(state: str, token: str) -> tuple[subprocess.Popen[bytes],
     return process, endpoint
 
 
-def simulate_agents(endpoint: str, token: str, agents: int, slots: int, ready: Any,
-                    stop: Any) -> None:
+def simulate_agents(endpoint: str, token: str, agents: int, slots: int, us_per_input: float,
+                    ready: Any, stop: Any, chunks_seen: Any) -> None:
     """Run `agents` fake agents until `stop` is set; set `ready` once all are registered."""
     ctx: zmq.Context[Any] = zmq.Context()
     python = ".".join(platform.python_version_tuple()[:2])
@@ -63,7 +66,6 @@ def simulate_agents(endpoint: str, token: str, agents: int, slots: int, ready: A
         socks.append(sock)
     welcomed: set[int] = set()
     index_of = {sock: n for n, sock in enumerate(socks)}
-    results: dict[int, bytes] = {}
     last_ping = time.monotonic()
     while not stop.is_set():
         for sock, _ in poller.poll(100):
@@ -76,13 +78,15 @@ def simulate_agents(endpoint: str, token: str, agents: int, slots: int, ready: A
                 elif isinstance(msg, protocol.Assign):
                     transport.send_sync(sock, protocol.Credit(msg.job_id, msg.slots * 2))
                 elif isinstance(msg, protocol.Chunk):
+                    chunks_seen.value += 1
                     count = msg.count - msg.skip
-                    if count not in results:
-                        results[count] = pickle.dumps([0] * count)
-                    blob = results[count]
+                    # A result batch is a pickle of the list of values, like a chunk's inputs:
+                    # echoing the chunk's own blob returns every input as its result.
+                    blob = msg.data if not msg.skip else pickle.dumps(
+                        pickle.loads(msg.data)[msg.skip:])
                     transport.send_sync(sock, protocol.Results(
                         msg.job_id, msg.chunk_id, msg.attempt, msg.first_index + msg.skip, count,
-                        [], True, 0, blob))
+                        [], True, 0, int(count * us_per_input * 1000), blob))
         now = time.monotonic()
         if now - last_ping >= PING_SECONDS:
             last_ping = now
@@ -97,13 +101,16 @@ def noop(x: Any) -> Any:
     return x
 
 
-def run(agents: int, slots: int, inputs: int, idle_seconds: float) -> dict[str, float]:
+def run(agents: int, slots: int, inputs: int, idle_seconds: float,
+        us_per_input: float = 20.0) -> dict[str, float]:
     token = uuid.uuid4().hex
     with tempfile.TemporaryDirectory() as state:
         coordinator, endpoint = _start_coordinator(state, token)
         ready, stop = multiprocessing.Event(), multiprocessing.Event()
+        chunks_seen = multiprocessing.Value("q", 0)
         fleet = multiprocessing.Process(
-            target=simulate_agents, args=(endpoint, token, agents, slots, ready, stop))
+            target=simulate_agents,
+            args=(endpoint, token, agents, slots, us_per_input, ready, stop, chunks_seen))
         fleet.start()
         try:
             if not ready.wait(120):
@@ -117,17 +124,24 @@ def run(agents: int, slots: int, inputs: int, idle_seconds: float) -> dict[str, 
             os.environ["BURLA_CLUSTER"], os.environ["BURLA_API_KEY"] = endpoint, token
             from burla import remote_parallel_map
 
+            busy_before = usage.cpu_times()
             started = time.perf_counter()
             out = remote_parallel_map(noop, range(inputs), spinner=False)
             elapsed = time.perf_counter() - started
-            assert len(out) == inputs
+            busy_after = usage.cpu_times()
+            assert out == list(range(inputs)), "W9: results differ from inputs"
+            chunks = chunks_seen.value
         finally:
             stop.set()
             fleet.join(30)
             coordinator.terminate()
             coordinator.wait(10)
-    return {"agents": agents, "slots": agents * slots, "inputs": inputs,
-            "inputs_per_second": inputs / elapsed, "idle_cpu_percent_of_core": idle_cpu * 100}
+    busy_cpu = (busy_after.user + busy_after.system - busy_before.user - busy_before.system)
+    return {"agents": agents, "slots": agents * slots, "inputs": inputs, "chunks": chunks,
+            "seconds": elapsed, "inputs_per_second": inputs / elapsed,
+            "chunks_per_second": chunks / elapsed,
+            "coordinator_cpu_percent_of_core_during_job": busy_cpu / elapsed * 100,
+            "idle_cpu_percent_of_core": idle_cpu * 100}
 
 
 def main() -> None:
@@ -136,8 +150,10 @@ def main() -> None:
     parser.add_argument("--slots", type=int, default=32)
     parser.add_argument("--inputs", type=int, default=2_000_000)
     parser.add_argument("--idle-seconds", type=float, default=10.0)
+    parser.add_argument("--us-per-input", type=float, default=20.0,
+                        help="compute time each simulated call reports, in microseconds")
     args = parser.parse_args()
-    result = run(args.agents, args.slots, args.inputs, args.idle_seconds)
+    result = run(args.agents, args.slots, args.inputs, args.idle_seconds, args.us_per_input)
     for key, value in result.items():
         print(f"{key}: {value:,.1f}" if isinstance(value, float) else f"{key}: {value:,}")
 

@@ -165,6 +165,16 @@ def _serialization_floor(function: Callable[[int], int]) -> float:
     return time.perf_counter() - start
 
 
+def measure_w9(peer: Peer, prepared: None, n: int, repeat: int) -> Metrics:
+    from benchmarks import w9_coordinator  # noqa: PLC0415 - only this workload needs it
+
+    result = w9_coordinator.run(agents=1000, slots=32, inputs=n, idle_seconds=5.0)
+    return {"seconds": result["seconds"], "inputs_per_second": result["inputs_per_second"],
+            "chunks": result["chunks"], "chunks_per_second": result["chunks_per_second"],
+            "job_cpu_percent": result["coordinator_cpu_percent_of_core_during_job"],
+            "idle_cpu_percent": result["idle_cpu_percent_of_core"]}
+
+
 def fmt_s(seconds: float) -> str:
     return f"{seconds * 1000:.1f} ms" if seconds < 1 else f"{seconds:.2f} s"
 
@@ -229,5 +239,11 @@ WORKLOADS: dict[str, Workload] = {
         ),
     ]
 }
-# Listed so `--only W9` and the table can name it; it has no measurement yet.
-NOT_IMPLEMENTED = {"W9": "coordinator alone against 1,000 simulated agents"}
+WORKLOADS["W9"] = Workload(
+    "W9", "coordinator alone, 1,000 simulated agents × 32 slots", 2_000_000, 200_000, 300, 120,
+    measure_w9, "seconds",
+    lambda m, t: f"{m['inputs_per_second']:,.0f} inputs/s in {m['chunks']:,.0f} chunks "
+    f"({m['chunks_per_second']:,.0f}/s, coordinator {m['job_cpu_percent']:.0f}% of a core); "
+    f"1,000 idle agents cost {m['idle_cpu_percent']:.1f}% of a core",
+    tools=("burla",), own_cluster=True,
+)

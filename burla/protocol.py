@@ -15,7 +15,7 @@ from typing import Any, ClassVar, TypeVar, Union
 import msgpack
 
 # Bumped on any incompatible change to a message; travels in every Hello.
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 
 # A blob travels as its own frame: bytes when built locally, a zmq.Frame/memoryview when relayed.
 Blob = Union[bytes, memoryview, Any]
@@ -273,7 +273,8 @@ class Results(Message):
 
     `data` is one pickle of the list of `count` values; `errors` lists the absolute indexes
     whose value is an exception. `chunk_done` means the chunk is finished and its credit
-    returns. `seq` numbers the batches sent to a client, for Ack.
+    returns. `seq` numbers the batches sent to a client, for Ack. `compute_ns` is the time the
+    executor spent on these inputs, so the client can size chunks by work.
     """
 
     job_id: str
@@ -284,6 +285,7 @@ class Results(Message):
     errors: list[int]
     chunk_done: bool
     seq: int
+    compute_ns: int
     data: Blob
 
 

@@ -392,7 +392,7 @@ class Agent:
             blob = pickle.dumps([NodeDisconnected(verdict.fail)])
             done_now = done + 1 == chunk.count
             self.send_up(protocol.Results(job.job_id, chunk.chunk_id, chunk.attempt, index, 1,
-                                          [index], done_now, 0, blob))
+                                          [index], done_now, 0, 0, blob))
             done += 1
             if done_now:
                 return

@@ -1,15 +1,19 @@
 """Turns the user's inputs, consumed lazily, into pickled chunks sized by guided self-scheduling.
 
 A chunk holds consecutive inputs. While much work remains chunks are large (cheap to move);
-near the end they shrink to single inputs, so no slot is left with a long tail. The size rule
-is `remaining / (GSS_FACTOR * slots)`, capped by bytes. Remaining is known exactly for sized
-inputs; for iterators it is the size of a bounded look-ahead buffer until the iterator ends.
-This module never talks to the network.
+near the end they shrink, so no slot is left with a long tail. The size rule is
+`remaining / (GSS_FACTOR * slots)`, capped by bytes, and raised to at least MIN_CHUNK_SECONDS
+of work once executors have reported how long calls take: a chunk costs a few messages on
+every hop, and a chunk of fast calls is made big enough to pay for them. Remaining is known
+exactly for sized inputs; for iterators it is the size of a bounded look-ahead buffer until the
+iterator ends. This module never talks to the network.
 """
 
 from __future__ import annotations
 
+import math
 import pickle
+import time
 from collections import deque
 from collections.abc import Iterable, Iterator
 from itertools import islice
@@ -28,6 +32,14 @@ TARGET_CHUNK_BYTES = 1024 * 1024
 MAX_CHUNK_INPUTS = 32768
 # Inputs read ahead of the upload from an iterator of unknown length.
 LOOKAHEAD_INPUTS = 4 * MAX_CHUNK_INPUTS
+# Least work (executor time) in one chunk once the calls' speed is known.
+MIN_CHUNK_SECONDS = 0.01
+# A cluster wider than this gets one small chunk first, and the rest waits for its timing (at
+# most PROBE_SECONDS): otherwise a fast function's inputs leave as thousands of tiny chunks
+# before the first result can say that they should be bigger.
+PROBE_SLOTS = 64
+PROBE_SECONDS = 0.05
+FIRST_CHUNK_INPUTS = 64
 
 
 def dumps(value: Any) -> bytes:
@@ -48,6 +60,9 @@ class Chunker:
         self._exhausted = False
         self.next_index = 0
         self._bytes_per_input = 0.0  # running estimate, 0 until the first chunk is pickled
+        self._timed_inputs = 0  # inputs whose compute time executors reported
+        self._timed_ns = 0
+        self._probe_at: float | None = None  # when the first chunk was cut
 
     @property
     def total(self) -> int | None:
@@ -64,6 +79,25 @@ class Chunker:
             if len(self._buffer) - before < want:
                 self._exhausted = True
 
+    def observe(self, count: int, compute_ns: int) -> None:
+        """Learn from a result batch: `count` calls took `compute_ns` on their executor."""
+        if count > 0 and compute_ns >= 0:
+            self._timed_inputs += count
+            self._timed_ns += compute_ns
+
+    def holding(self, now: float) -> bool:
+        """True while a wide cluster waits for the probe chunk's timing."""
+        return (self.slots > PROBE_SLOTS and not self._timed_inputs
+                and self._probe_at is not None and now - self._probe_at < PROBE_SECONDS)
+
+    def _least_inputs(self) -> int:
+        """Inputs that make MIN_CHUNK_SECONDS of work, from the timings so far (1: unknown)."""
+        if not self._timed_inputs:
+            return 1
+        if not self._timed_ns:
+            return MAX_CHUNK_INPUTS
+        return math.ceil(MIN_CHUNK_SECONDS * 1e9 * self._timed_inputs / self._timed_ns)
+
     def done(self) -> bool:
         self._fill()
         return self._exhausted and not self._buffer
@@ -72,17 +106,19 @@ class Chunker:
         self._fill()
         total = self.total
         remaining = total - self.next_index if total is not None else len(self._buffer)
-        size = max(1, -(-remaining // (GSS_FACTOR * self.slots)))
+        size = max(1, -(-remaining // (GSS_FACTOR * self.slots)), self._least_inputs())
         if self._bytes_per_input:
             size = min(size, max(1, int(TARGET_CHUNK_BYTES / self._bytes_per_input)))
         else:
-            size = min(size, 64)  # first chunk: learn how big inputs are
+            size = min(size, FIRST_CHUNK_INPUTS)  # first chunk: learn how big inputs are
         return min(size, MAX_CHUNK_INPUTS, len(self._buffer))
 
     def next_chunk(self) -> tuple[int, int, bytes] | None:
         if self.done():
             return None
         count = self.chunk_size()
+        if self._probe_at is None:
+            self._probe_at = time.monotonic()
         items = [self._buffer.popleft() for _ in range(count)]
         first = self.next_index
         blob = dumps(items)

@@ -21,9 +21,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from burla import __version__
+from burla import __version__, protocol
 from burla.config import ClusterAddress, new_token, user_state_dir, write_private_json
 from burla.errors import ClusterUnreachable
+
+# Daemons of another burla version or wire protocol are restarted on this code.
+_VERSION = f"{__version__}+protocol{protocol.PROTOCOL_VERSION}"
 
 # Seconds the embedded cluster stays up with no job and no client.
 IDLE_TIMEOUT_SECONDS = float(os.environ.get("BURLA_LOCAL_IDLE_TIMEOUT", "900"))
@@ -68,7 +71,7 @@ def running_info() -> dict[str, Any] | None:
     info = read_info()
     if (
         info
-        and info.get("version") == __version__  # an upgrade restarts it on the new code
+        and info.get("version") == _VERSION  # an upgrade restarts it on the new code
         and is_alive(info.get("coordinator_pid"))
         and is_alive(info.get("agent_pid"))
     ):
@@ -117,7 +120,7 @@ def start() -> dict[str, Any]:
     }
     pids = _start_and_wait(commands, directory)
     info = {"endpoint": endpoint, "token": token, "coordinator_pid": pids["coordinator"],
-            "agent_pid": pids["agent"], "started_at": time.time(), "version": __version__}
+            "agent_pid": pids["agent"], "started_at": time.time(), "version": _VERSION}
     write_private_json(cluster_file(), info)
     return info
 

@@ -39,6 +39,7 @@ RECONNECT_SECONDS = float(os.environ.get("BURLA_RECONNECT_TIMEOUT", "60"))
 # How often the embedded cluster's processes are checked (and restarted if dead).
 EMBEDDED_CHECK_SECONDS = 2.0
 _POLL_MS = 100
+_HOLD_POLL_MS = 5  # while the chunker waits for the probe chunk's timing
 # Input bytes sent right behind Submit, before Accept, to a cluster this process has used.
 EARLY_WINDOW_BYTES = 1024 * 1024
 # Parallelism each cluster last granted, so early chunks are sized for it.
@@ -242,8 +243,10 @@ class JobSession:
             self._consumed_seq = 0
         while True:
             uploading = self.accepted or self.early
-            busy = uploading and (self.resend or not self.sent_all) and self.window > 0
-            ready = dict(poller.poll(0 if busy else _POLL_MS))
+            holding = self.chunker is not None and self.chunker.holding(time.monotonic())
+            fresh = not self.sent_all and not holding
+            busy = uploading and (self.resend or fresh) and self.window > 0
+            ready = dict(poller.poll(0 if busy else _HOLD_POLL_MS if holding else _POLL_MS))
             now = time.monotonic()
             if self._wake_rx in ready:
                 while self._wake_rx.poll(0):
@@ -354,6 +357,8 @@ class JobSession:
 
     def _results(self, msg: protocol.Results) -> None:
         fresh = self.ledger.accept(msg.first_index, msg.count)
+        if self.chunker is not None:
+            self.chunker.observe(msg.count, msg.compute_ns)
         values = decode_results(msg)
         self.last_seq = msg.seq
         batch = Batch(msg.first_index, values, set(msg.errors), None if all(fresh) else fresh)
@@ -384,7 +389,7 @@ class JobSession:
             return None
         if self.resend:
             return self.resend.popleft()
-        if self.sent_all or self.chunker is None:
+        if self.sent_all or self.chunker is None or self.chunker.holding(time.monotonic()):
             return None
         chunk = self.chunker.next_chunk()
         if chunk is None:

@@ -65,7 +65,7 @@ class ResultStream:
         size = nbytes(msg)
         sent = protocol.Results(
             self.job_id, msg.chunk_id, 0, msg.first_index, msg.count, msg.errors,
-            msg.chunk_done, self.seq, msg.data)
+            msg.chunk_done, self.seq, msg.compute_ns, msg.data)
         self.unacked.append((self.seq, size, sent))
         self.unacked_bytes += size
         return (self.client, sent)

@@ -163,7 +163,7 @@ class Scheduler:
     def _replay(self, job: Job) -> Iterator[protocol.Results]:
         for stored in self.store.results(job.job_id):
             yield protocol.Results(job.job_id, -1, 0, stored.first_index, stored.count,
-                                   stored.errors, False, 0, stored.data)
+                                   stored.errors, False, 0, 0, stored.data)
 
     def restore(self, now: float) -> None:
         """Take back the detached jobs a previous coordinator left in the store."""

@@ -91,16 +91,22 @@ class Runner:
                 return
 
     def load(self, msg: protocol.Load) -> None:
+        self.job_id = self.link.job_id = msg.job_id
+        os.environ.update(msg.env)
         function = self.functions.get(msg.function_hash)
         if function is None:
             self.make_room(len(msg.function))
-            function = cloudpickle.loads(msg.function)
+            try:
+                function = cloudpickle.loads(msg.function)
+            except Exception as exc:  # e.g. a module the function needs is not installed here
+                # Every input fails with this error at once: no executor dies, none loops.
+                exc.add_note("[burla] the function could not be loaded on the cluster")
+                self.function = _raiser(portable_exception(exc))
+                return
             self.functions[msg.function_hash] = function
             self.function_bytes[msg.function_hash] = len(msg.function)
         self.functions.move_to_end(msg.function_hash)
         self.function = function
-        self.job_id = self.link.job_id = msg.job_id
-        os.environ.update(msg.env)
 
     def make_room(self, size: int) -> None:
         """Drop the least recently used functions until one of `size` pickled bytes fits.
@@ -118,7 +124,15 @@ class Runner:
     def run_chunk(self, chunk: protocol.Chunk) -> None:
         function = self.function
         assert function is not None and chunk.job_id == self.job_id, "chunk before its Load"
-        inputs = pickle.loads(chunk.data)
+        try:
+            inputs = pickle.loads(chunk.data)
+            if not isinstance(inputs, list) or len(inputs) != chunk.count:
+                raise ValueError(f"a chunk of {chunk.count} inputs held {type(inputs).__name__}"
+                                 f" of {len(inputs) if isinstance(inputs, list) else '?'}")
+        except Exception as exc:  # e.g. an input's class lives in a module not installed here
+            # Every input of the chunk fails with this error: the executor lives on.
+            exc.add_note("[burla] the inputs could not be loaded on the cluster")
+            inputs, function = [None] * chunk.count, _raiser(portable_exception(exc))
         capture = self.capture
         out_texts, err_texts = capture.texts
         first = chunk.first_index + chunk.skip
@@ -142,14 +156,24 @@ class Runner:
             if (position == last or len(values) >= RESULT_FLUSH_COUNT
                     or now - flushed_at >= RESULT_FLUSH_SECONDS):
                 blob = dump_batch(values, errors, first)
+                compute_ns = int((now - flushed_at) * 1e9)  # the calls, not the pickling
                 self.link.send(protocol.Results(
                     chunk.job_id, chunk.chunk_id, chunk.attempt, first, len(values), errors,
-                    position == last, 0, blob))
+                    position == last, 0, compute_ns, blob))
                 first, values, errors, flushed_at = index + 1, [], [], now
         if chunk.skip >= chunk.count:  # a retry of a chunk whose every input already reported
             self.link.send(protocol.Results(
                 chunk.job_id, chunk.chunk_id, chunk.attempt, chunk.first_index + chunk.count,
-                0, [], True, 0, pickle.dumps([])))
+                0, [], True, 0, 0, pickle.dumps([])))
+
+
+def _raiser(exc: BaseException) -> Callable[..., Any]:
+    """A stand-in for a function that failed to load: each call raises why."""
+
+    def function_failed_to_load(*args: Any, **kwargs: Any) -> Any:
+        raise exc
+
+    return function_failed_to_load
 
 
 def _user_frames(tb: Any) -> Any:

@@ -3,6 +3,7 @@ third crash on one input fails it with NodeDisconnected naming the cause; the cl
 
 from __future__ import annotations
 
+import importlib
 import os
 from pathlib import Path
 
@@ -76,3 +77,40 @@ def test_function_that_kills_its_executor_on_load_fails_instead_of_looping(clust
         remote_parallel_map(closes_over_exit, [1], spinner=False)
     assert "exited with code 7, 3 times in a row" in str(caught.value)
     assert remote_parallel_map(identity, [1, 2], spinner=False) == [1, 2]
+
+
+class RaiseOnUnpickle:
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return importlib.import_module, ("burla_module_not_on_the_cluster",)
+
+
+RAISE_ON_LOAD = RaiseOnUnpickle()
+
+
+def closes_over_missing_module(x: int) -> int:
+    return x + len([RAISE_ON_LOAD])
+
+
+def test_function_that_cannot_load_fails_each_input_with_why_and_no_executor_dies(
+    cluster,
+) -> None:
+    given_up_before = cluster.logs().count('"input_failed"')
+    with pytest.raises(ModuleNotFoundError) as caught:
+        remote_parallel_map(closes_over_missing_module, range(500), spinner=False)
+    assert "burla_module_not_on_the_cluster" in str(caught.value)
+    assert any("could not be loaded on the cluster" in note
+               for note in getattr(caught.value, "__notes__", []))
+    assert remote_parallel_map(identity, [1, 2], spinner=False) == [1, 2]
+    # No crash-and-retry loop per input: the agent gave up on none.
+    assert cluster.logs().count('"input_failed"') == given_up_before
+
+
+def test_inputs_that_cannot_load_fail_with_why_and_the_cluster_goes_on(cluster) -> None:
+    given_up_before = cluster.logs().count('"input_failed"')
+    with pytest.raises(ModuleNotFoundError) as caught:
+        remote_parallel_map(identity, [RAISE_ON_LOAD] * 50, spinner=False)
+    assert caught.value.burla_input_index in range(50)
+    assert any("inputs could not be loaded on the cluster" in note
+               for note in getattr(caught.value, "__notes__", []))
+    assert remote_parallel_map(identity, [1, 2], spinner=False) == [1, 2]
+    assert cluster.logs().count('"input_failed"') == given_up_before

@@ -30,7 +30,7 @@ def sent(out, kind, peer=None):
 
 
 def results(job, chunk, first, count, attempt=0, done=True):
-    return protocol.Results(job, chunk, attempt, first, count, [], done, 0, b"r" * count)
+    return protocol.Results(job, chunk, attempt, first, count, [], done, 0, 0, b"r" * count)
 
 
 def scheduler(store: JobStore | None = None) -> Scheduler:
