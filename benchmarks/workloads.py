@@ -191,7 +191,7 @@ WORKLOADS: dict[str, Workload] = {
     w.name: w
     for w in [
         Workload(
-            "W1", "no-op inputs end to end", 1_000_000, 100_000, 180, 60,
+            "W1", "no-op inputs end to end", 1_000_000, 100_000, 60, 60,
             measure_w1, "seconds", lambda m, t: f"{m['per_s']:,.0f} inputs/s" + _rss(m, t),
             prepare=lambda peer, n: list(range(n)), sampled=True,
         ),
