@@ -268,6 +268,9 @@ def _collect(session: JobSession, display: Display) -> list[Any]:
     results: list[Any] = []
     with display:
         for first, values in _batches(session, display):
+            if first == len(results):  # the usual case: results arrive in order
+                results.extend(values)
+                continue
             end = first + len(values)
             if end > len(results):
                 results.extend([None] * (end - len(results)))

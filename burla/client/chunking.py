@@ -14,7 +14,6 @@ from __future__ import annotations
 import math
 import pickle
 import time
-from collections import deque
 from collections.abc import Iterable, Iterator
 from itertools import islice
 from typing import Any
@@ -55,9 +54,16 @@ class Chunker:
     def __init__(self, inputs: Iterable[Any], slots: int = 1) -> None:
         self.slots = max(1, slots)
         self._known_total = len(inputs) if hasattr(inputs, "__len__") else None  # type: ignore[arg-type]
-        self._iterator: Iterator[Any] = iter(inputs)
-        self._buffer: deque[Any] = deque()
-        self._exhausted = False
+        # Inputs read but not yet in a chunk are `_buffer[_pos:]`; chunks are cut by slicing.
+        self._pos = 0
+        if type(inputs) is list:  # read in place: no copy, never changed
+            self._buffer: list[Any] = inputs
+            self._iterator: Iterator[Any] = iter(())
+            self._exhausted = True
+        else:
+            self._buffer = []
+            self._iterator = iter(inputs)
+            self._exhausted = False
         self.next_index = 0
         self._bytes_per_input = 0.0  # running estimate, 0 until the first chunk is pickled
         self._timed_inputs = 0  # inputs whose compute time executors reported
@@ -69,10 +75,15 @@ class Chunker:
         """The input count, once known."""
         if self._known_total is not None:
             return self._known_total
-        return self.next_index + len(self._buffer) if self._exhausted else None
+        return self.next_index + self._held() if self._exhausted else None
+
+    def _held(self) -> int:
+        return len(self._buffer) - self._pos
 
     def _fill(self) -> None:
-        if not self._exhausted and len(self._buffer) < LOOKAHEAD_INPUTS:
+        if not self._exhausted and self._held() < LOOKAHEAD_INPUTS:
+            del self._buffer[: self._pos]
+            self._pos = 0
             want = LOOKAHEAD_INPUTS - len(self._buffer)
             before = len(self._buffer)
             self._buffer.extend(islice(self._iterator, want))
@@ -100,18 +111,18 @@ class Chunker:
 
     def done(self) -> bool:
         self._fill()
-        return self._exhausted and not self._buffer
+        return self._exhausted and not self._held()
 
     def chunk_size(self) -> int:
         self._fill()
         total = self.total
-        remaining = total - self.next_index if total is not None else len(self._buffer)
+        remaining = total - self.next_index if total is not None else self._held()
         size = max(1, -(-remaining // (GSS_FACTOR * self.slots)), self._least_inputs())
         if self._bytes_per_input:
             size = min(size, max(1, int(TARGET_CHUNK_BYTES / self._bytes_per_input)))
         else:
             size = min(size, FIRST_CHUNK_INPUTS)  # first chunk: learn how big inputs are
-        return min(size, MAX_CHUNK_INPUTS, len(self._buffer))
+        return min(size, MAX_CHUNK_INPUTS, self._held())
 
     def next_chunk(self) -> tuple[int, int, bytes] | None:
         if self.done():
@@ -119,15 +130,15 @@ class Chunker:
         count = self.chunk_size()
         if self._probe_at is None:
             self._probe_at = time.monotonic()
-        items = [self._buffer.popleft() for _ in range(count)]
+        items = self._buffer[self._pos : self._pos + count]
         first = self.next_index
         blob = dumps(items)
         if len(blob) > MAX_INPUT_BYTES:
             _check_each(items, first, len(blob))  # raises InputTooBig naming the index
-            # Several big inputs together: hand them back and send fewer at a time.
-            self._buffer.extendleft(reversed(items))
+            # Several big inputs together: leave them and send fewer at a time.
             self._bytes_per_input = len(blob) / count
             return self.next_chunk()
+        self._pos += count
         self.next_index += count
         estimate = len(blob) / count
         self._bytes_per_input = (

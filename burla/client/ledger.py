@@ -36,33 +36,36 @@ class Ledger:
         """Chunks uploaded but not complete, in index order, to upload again."""
         return [(c.first, c.count, c.blob) for c in (self._chunks[s] for s in self._starts)]
 
-    def accept(self, first: int, count: int) -> list[bool]:
-        """Record results for `first .. first+count-1`; True for each index not held before."""
+    def accept(self, first: int, count: int) -> list[bool] | None:
+        """Record results for `first .. first+count-1`: None when every index is new (the usual
+        case), else True for each index not held before."""
         end = first + count
         self._grow(end)
-        if self._held.find(1, first, end) < 0:  # the usual case: all new
+        if self._held.find(1, first, end) < 0:
             self._held[first:end] = b"\x01" * count
-            fresh = [True] * count
-        else:
-            fresh = [not self._held[i] for i in range(first, end)]
-            for i in range(first, end):
-                self._held[i] = 1
+            self.received += count
+            self._settle(first, count, None)
+            return None
+        fresh = [not self._held[i] for i in range(first, end)]
+        for i in range(first, end):
+            self._held[i] = 1
         self.received += sum(fresh)
-        self._settle(first, fresh)
+        self._settle(first, count, fresh)
         return fresh
 
-    def _settle(self, first: int, fresh: list[bool]) -> None:
-        """Count new results against the chunks that hold their inputs."""
+    def _settle(self, first: int, count: int, fresh: list[bool] | None) -> None:
+        """Count new results (all of them when `fresh` is None) against their chunks."""
         position = bisect.bisect_right(self._starts, first) - 1
         index = first
-        end = first + len(fresh)
+        end = first + count
         while index < end and 0 <= position < len(self._starts):
             chunk = self._chunks[self._starts[position]]
             stop = min(end, chunk.first + chunk.count)
             if stop <= index:
                 position += 1
                 continue
-            chunk.missing -= sum(fresh[index - first : stop - first])
+            chunk.missing -= (stop - index if fresh is None
+                              else sum(fresh[index - first : stop - first]))
             if chunk.missing <= 0:
                 del self._chunks[chunk.first]
                 del self._starts[position]

@@ -361,7 +361,7 @@ class JobSession:
             self.chunker.observe(msg.count, msg.compute_ns)
         values = decode_results(msg)
         self.last_seq = msg.seq
-        batch = Batch(msg.first_index, values, set(msg.errors), None if all(fresh) else fresh)
+        batch = Batch(msg.first_index, values, set(msg.errors), fresh)
         self.events.put(("results", (self.generation, msg.seq, batch)))
 
     def _set_total(self, total: int) -> None:

@@ -152,7 +152,7 @@ class Capture:
                 for stream, texts in enumerate(self.texts, 1):
                     if texts:
                         _add_entries(index, stream, _take_text(texts, len(texts)), self.finished)
-        if not (self.python_wrote or self.dirty or self.exact):
+        if not self.exact:  # (`dirty` implies `exact`: the reader switched to the pipes)
             return  # the common case: no output through the pipes, no syscall
         if self.python_wrote:
             self.python_wrote = False

@@ -20,6 +20,8 @@ from burla.exec.capture import Capture
 
 # Longest a captured line waits before it is sent while a call is still running.
 LOG_FLUSH_SECONDS = 0.05
+# While the runner is in a chunk, `due` is raised this often: its partial result batch leaves.
+RESULT_FLUSH_SECONDS = 0.005
 # Most log bytes held in one Logs message.
 LOG_BATCH_BYTES = 256 * 1024
 # Entries held while the agent link is congested before lines are dropped (and counted).
@@ -43,6 +45,10 @@ class AgentLink:
         self._entries: list[list[object]] = []
         self._entries_since = 0.0
         self._stop = False
+        # The runner sets `busy` for a chunk's length, and sends its batch once `due` is raised:
+        # reading a flag per input costs less than reading the clock per input.
+        self.busy = False
+        self.due = False
         self._thread = threading.Thread(target=self._run, name="burla-link", daemon=True)
 
     def start(self) -> None:
@@ -67,9 +73,17 @@ class AgentLink:
         poller.register(self._thread_side, zmq.POLLIN)
         for fd in self.capture.read_fds:
             poller.register(fd, zmq.POLLIN)
+        due_at = time.monotonic()
         while not self._stop:
-            timeout_ms = int(LOG_FLUSH_SECONDS * 1000)
+            busy = self.busy
+            timeout_ms = int((RESULT_FLUSH_SECONDS if busy else LOG_FLUSH_SECONDS) * 1000)
             ready = dict(poller.poll(timeout_ms))
+            if busy:
+                now = time.monotonic()
+                if now - due_at >= RESULT_FLUSH_SECONDS:
+                    self.due, due_at = True, now
+            else:
+                due_at = time.monotonic()
             if not ready:
                 self.capture.flush_python()  # a long call's prints stream every timeout
             self._gather(self.capture.take_texts)

@@ -16,6 +16,7 @@ import time
 import traceback
 from collections import OrderedDict
 from collections.abc import Callable
+from itertools import islice
 from typing import Any
 
 import cloudpickle
@@ -26,8 +27,8 @@ from burla.errors import RemoteError
 from burla.exec.capture import Capture
 from burla.exec.link import AgentLink
 
-# A partial result batch is sent once it is this old or holds this many results.
-RESULT_FLUSH_SECONDS = 0.005
+# A partial result batch is sent once it holds this many results, or when the link thread says
+# it is due (every link.RESULT_FLUSH_SECONDS while a chunk runs).
 RESULT_FLUSH_COUNT = 4096
 # Functions kept loaded, for executors reused across jobs: at most this many, holding at most
 # this many pickled bytes (one bigger function is kept alone).
@@ -135,32 +136,40 @@ class Runner:
             inputs, function = [None] * chunk.count, _raiser(portable_exception(exc))
         capture = self.capture
         out_texts, err_texts = capture.texts
+        monotonic = time.monotonic
         first = chunk.first_index + chunk.skip
+        last = chunk.first_index + chunk.count - 1
         values: list[Any] = []
+        append = values.append
         errors: list[int] = []
-        flushed_at = time.monotonic()
-        last = chunk.count - 1
-        for position in range(chunk.skip, chunk.count):
-            index = chunk.first_index + position
-            arg = inputs[position]
+        # A batch leaves at `stop` (its last index) or once the link thread says it is due.
+        link = self.link
+        link.due, link.busy = False, True
+        flushed_at = monotonic()
+        stop = min(last, first + RESULT_FLUSH_COUNT - 1)
+        # The hot loop: every operation here is paid once per input.
+        for index, arg in zip(range(first, last + 1), islice(inputs, chunk.skip, None)):
             capture.running_index = index
             try:
-                values.append(function(*arg) if type(arg) is tuple else function(arg))
+                append(function(*arg) if type(arg) is tuple else function(arg))
             except BaseException as exc:  # user code may raise anything, SystemExit included
                 exc = exc.with_traceback(_user_frames(exc.__traceback__))
-                values.append(portable_exception(exc))
+                append(portable_exception(exc))
                 errors.append(index)
-            if out_texts or err_texts or capture.dirty or capture.exact:  # inline: hot path
+            if out_texts or err_texts or capture.exact:  # output to close for this input
                 capture.end(index)
-            now = time.monotonic()
-            if (position == last or len(values) >= RESULT_FLUSH_COUNT
-                    or now - flushed_at >= RESULT_FLUSH_SECONDS):
+            if index >= stop or link.due:
+                now = monotonic()
+                link.due = False
                 blob = dump_batch(values, errors, first)
                 compute_ns = int((now - flushed_at) * 1e9)  # the calls, not the pickling
                 self.link.send(protocol.Results(
                     chunk.job_id, chunk.chunk_id, chunk.attempt, first, len(values), errors,
-                    position == last, 0, compute_ns, blob))
+                    index == last, 0, compute_ns, blob))
                 first, values, errors, flushed_at = index + 1, [], [], now
+                append = values.append
+                stop = min(last, first + RESULT_FLUSH_COUNT - 1)
+        link.busy = False
         if chunk.skip >= chunk.count:  # a retry of a chunk whose every input already reported
             self.link.send(protocol.Results(
                 chunk.job_id, chunk.chunk_id, chunk.attempt, chunk.first_index + chunk.count,

@@ -67,3 +67,4 @@ def test_a_wide_cluster_waits_for_the_probe_timing_but_not_forever(monkeypatch) 
     wide.next_chunk()
     wide.observe(64, 1_000)
     assert not wide.holding(now[0])
+

@@ -9,7 +9,7 @@ from burla.client.session import Batch
 def test_new_results_count_and_duplicates_are_flagged():
     ledger = Ledger()
     ledger.uploaded(0, 4, b"a")
-    assert ledger.accept(0, 2) == [True, True]
+    assert ledger.accept(0, 2) is None  # all new
     assert ledger.accept(1, 3) == [False, True, True]  # index 1 came again after a retry
     assert ledger.received == 4
     assert ledger.accept(0, 4) == [False] * 4
@@ -40,7 +40,7 @@ def test_results_spanning_chunks_settle_each():
 
 def test_attach_results_without_uploads_are_accepted():
     ledger = Ledger()
-    assert ledger.accept(10, 2) == [True, True]
+    assert ledger.accept(10, 2) is None
     assert ledger.received == 2
 
 
