@@ -25,6 +25,7 @@ import zmq
 from burla import __version__, protocol, transport
 from burla.client import local_cluster
 from burla.client.chunking import Chunker
+from burla.client.connections import CLOSE_LINGER_MS, CONNECTIONS
 from burla.client.ledger import Ledger
 from burla.client.results import decode_results, error_for
 from burla.config import PEER_TIMEOUT_SECONDS, PING_INTERVAL_SECONDS, ClusterAddress
@@ -132,6 +133,7 @@ class JobSession:
         self._done_sent = False
         self.generation = 0
         self._ack_lock = threading.Lock()
+        self._ended_cleanly = False  # every result in and acked: the connection is kept
         self._leaving = False
         self.stored = False
         self.reconnecting = False
@@ -192,8 +194,11 @@ class JobSession:
         tried: list[str] = []
         first = True
         while True:
-            identity = f"client-{uuid.uuid4().hex}".encode()
-            sock = transport.dealer_socket(self._ctx, self.address.endpoint, identity)
+            endpoint = self.address.endpoint
+            # After a lost connection, a fresh one: a kept one may be what went wrong.
+            sock = (CONNECTIONS.take(self._ctx, endpoint) if first else transport.dealer_socket(
+                self._ctx, endpoint, f"client-{uuid.uuid4().hex}".encode()))
+            self._ended_cleanly = False
             try:
                 self._serve(sock, first)
                 return
@@ -211,9 +216,10 @@ class JobSession:
                 if self.address.embedded:
                     self.address = local_cluster.ensure_running()
             finally:
-                # A closing Ack or Cancel must leave before the socket goes; a dead peer must
-                # not hold us, hence a bounded linger.
-                sock.close(linger=1000)
+                if self._ended_cleanly:
+                    CONNECTIONS.give_back(endpoint, sock)
+                else:
+                    sock.close(linger=CLOSE_LINGER_MS)
 
     def _serve(self, sock: zmq.Socket[Any], first: bool) -> None:
         self.reconnecting = not first
@@ -269,6 +275,7 @@ class JobSession:
                 self._send(sock, protocol.Ack(self.job_id, self.acked_seq))
             if self.total is not None and self.ledger.received >= self.total:
                 self._send(sock, protocol.Ack(self.job_id, self.last_seq))
+                self._ended_cleanly = True
                 return
             if now - self._last_sent >= PING_INTERVAL_SECONDS:
                 self._send(sock, protocol.Ping())
@@ -308,6 +315,9 @@ class JobSession:
 
     def _handle(self, sock: zmq.Socket[Any], msg: protocol.Message) -> bool:
         """React to one message; True when the session is over."""
+        job_id = getattr(msg, "job_id", "")
+        if job_id and job_id != self.job_id:
+            return False  # an earlier job's, on a kept connection
         if isinstance(msg, protocol.Results):
             self._results(msg)
         elif isinstance(msg, protocol.Logs):

@@ -224,3 +224,31 @@ def test_job_with_a_function_sent_on_request_frees_its_slots_at_once(cluster):
             break
         time.sleep(0.05)
     assert not status["jobs"], f"the job did not finish on the cluster: {status}"
+
+
+def square(x):
+    return x * x
+
+
+def slow_square(x):
+    time.sleep(0.5 if x else 0)
+    return x * x
+
+
+def test_jobs_of_a_process_reuse_a_connection_and_never_see_each_others_messages(cluster):
+    from burla.client.connections import CONNECTIONS
+
+    endpoint = cluster.env()["BURLA_CLUSTER"]
+    assert remote_parallel_map(square, range(5), spinner=False) == [x * x for x in range(5)]
+    [kept] = CONNECTIONS._idle[endpoint]
+    for n in range(1, 40):  # each job leaves Progress and Pings behind on the connection
+        assert remote_parallel_map(square, range(n), spinner=False) == [x * x for x in range(n)]
+        assert remote_parallel_map(str, [n], spinner=False) == [str(n)]
+    assert CONNECTIONS._idle[endpoint] == [kept]
+    # A job that did not end cleanly (the caller stopped reading) closes its connection.
+    stream = remote_parallel_map(slow_square, range(4), generator=True, spinner=False)
+    assert next(stream) == 0
+    stream.close()
+    assert CONNECTIONS._idle[endpoint] == []
+    assert remote_parallel_map(square, [3], spinner=False) == [9]
+    assert len(CONNECTIONS._idle[endpoint]) == 1
