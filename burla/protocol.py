@@ -15,7 +15,7 @@ from typing import Any, ClassVar, TypeVar, Union
 import msgpack
 
 # Bumped on any incompatible change to a message; travels in every Hello.
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 
 # A blob travels as its own frame: bytes when built locally, a zmq.Frame/memoryview when relayed.
 Blob = Union[bytes, memoryview, Any]
@@ -292,11 +292,30 @@ class Results(Message):
 @message("logs")
 @dataclasses.dataclass(frozen=True, slots=True)
 class Logs(Message):
-    """Captured output lines: `entries` are [input index, stream (1 or 2), text]."""
+    """Captured output: `data` is the msgpack of `count` entries [input index, stream (1 or 2),
+    text], packed once by the executor and read only by the client (and the job store)."""
 
     job_id: str
-    entries: list[list[Any]]
+    count: int
     dropped: int
+    data: Blob
+
+    @staticmethod
+    def pack(job_id: str, entries: list[list[Any]], dropped: int) -> Logs:
+        return Logs(job_id, len(entries), dropped, msgpack.packb(entries))
+
+    def entries(self) -> list[list[Any]]:
+        """The entries, or one line saying why they could not be read."""
+        raw = self.data.bytes if hasattr(self.data, "bytes") else self.data
+        try:
+            entries = msgpack.unpackb(raw, raw=False, use_list=True)
+            if isinstance(entries, list) and all(
+                isinstance(e, list) and len(e) == 3 and isinstance(e[2], str) for e in entries
+            ):
+                return entries
+        except Exception:  # msgpack raises several unrelated types on garbage
+            pass
+        return [[-1, 2, f"[burla] {self.count} output entries arrived unreadable\n"]]
 
 
 @message("ack")

@@ -321,7 +321,7 @@ class JobSession:
         if isinstance(msg, protocol.Results):
             self._results(msg)
         elif isinstance(msg, protocol.Logs):
-            self.write_logs(msg.entries)
+            self.write_logs(msg.entries())
             if msg.dropped:
                 self.write_logs([[-1, 2, f"[burla] {msg.dropped} output lines were dropped: "
                                            f"the output was faster than it could be sent\n"]])

@@ -112,19 +112,21 @@ class JobStore:
             (job_id, first_index, count, json.dumps(errors), memoryview(_buffer(data))),
         )
 
-    def add_logs(self, job_id: str, entries: list[list[Any]]) -> None:
+    def add_logs(self, job_id: str, count: int, packed: Any) -> None:
+        """Keep `count` entries, packed as msgpack by their executor (stored as they came)."""
+        count = max(0, count)
         row = self.db.execute("select log_lines from jobs where job_id = ?", (job_id,)).fetchone()
         if row is None:
             return
-        if row[0] + len(entries) > MAX_LOG_LINES_PER_JOB:
+        if row[0] + count > MAX_LOG_LINES_PER_JOB:
             self.db.execute("update jobs set dropped_lines = dropped_lines + ? where job_id = ?",
-                            (len(entries), job_id))
+                            (count, job_id))
             return
         with self.db:
             self.db.execute("insert into logs (job_id, entries) values (?, ?)",
-                            (job_id, msgpack.packb(entries)))
+                            (job_id, memoryview(_buffer(packed))))
             self.db.execute("update jobs set log_lines = log_lines + ? where job_id = ?",
-                            (len(entries), job_id))
+                            (count, job_id))
 
     def cancel(self, job_id: str, why: str) -> None:
         with self.db:
@@ -164,7 +166,10 @@ class JobStore:
     def logs(self, job_id: str) -> Iterator[list[Any]]:
         rows = self.db.execute("select entries from logs where job_id = ? order by id", (job_id,))
         for (entries,) in rows:
-            yield from msgpack.unpackb(entries)
+            try:
+                yield from msgpack.unpackb(entries)
+            except Exception:  # a sender's garbage: skip it, keep the rest
+                continue
 
     def jobs(self) -> list[StoredJob]:
         """Every stored job with its unfinished chunks and how far each got."""

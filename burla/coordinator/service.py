@@ -245,7 +245,7 @@ class Coordinator:
         if job is None:
             return []
         if job.detach:
-            self.store.add_logs(job.job_id, msg.entries)
+            self.store.add_logs(job.job_id, msg.count, msg.data)
         return [(job.client, msg)] if job.client else []
 
 

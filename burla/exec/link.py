@@ -139,7 +139,7 @@ class AgentLink:
             batch, self._entries = _split_batch(self._entries)
             dropped, self.dropped_lines = self.dropped_lines, 0
             try:
-                transport.send_sync(self._agent, protocol.Logs(self.job_id, batch, dropped))
+                transport.send_sync(self._agent, protocol.Logs.pack(self.job_id, batch, dropped))
             except transport.TransportError:
                 # The agent is not reading; losing lines beats blocking user code. Counted.
                 self.dropped_lines += len(batch) + dropped

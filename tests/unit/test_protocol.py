@@ -61,3 +61,15 @@ def test_ops_are_unique_and_messages_frozen():
     msg = protocol.Credit("job", 1)
     with pytest.raises(dataclasses.FrozenInstanceError):
         msg.chunks = 2  # type: ignore[misc]
+
+
+def test_logs_carry_entries_packed_once_and_garbage_reads_as_one_line() -> None:
+    entries = [[3, 1, "a line\n"], [4, 2, "to stderr\n"]]
+    sent = protocol.Logs.pack("job", entries, 5)
+    got = protocol.decode([bytes(f) for f in protocol.encode(sent)])
+    assert isinstance(got, protocol.Logs)
+    assert (got.count, got.dropped, got.entries()) == (2, 5, entries)
+    garbage = protocol.Logs("job", 7, 0, b"\xc1not msgpack")
+    assert garbage.entries() == [[-1, 2, "[burla] 7 output entries arrived unreadable\n"]]
+    wrong_shape = protocol.Logs("job", 1, 0, protocol.msgpack.packb([[1, 2]]))
+    assert "unreadable" in wrong_shape.entries()[0][2]
