@@ -252,3 +252,26 @@ def test_jobs_of_a_process_reuse_a_connection_and_never_see_each_others_messages
     assert CONNECTIONS._idle[endpoint] == []
     assert remote_parallel_map(square, [3], spinner=False) == [9]
     assert len(CONNECTIONS._idle[endpoint]) == 1
+
+
+def print_then_wait_on_last(x):
+    print(f"working on {x}")
+    time.sleep(2.0 if x == 19 else 0)
+    return x
+
+
+def test_a_detached_jobs_output_is_kept_on_the_cluster_while_the_job_is(cluster):
+    from burla import protocol
+    from burla.client.admin import cluster_address, request
+
+    stream = remote_parallel_map(print_then_wait_on_last, range(20), detach=True,
+                                 generator=True, spinner=False)
+    done = {next(stream) for _ in range(19)}  # all but the slow last one: the job is kept
+    assert done == set(range(19))
+    [job] = [j for j in request(cluster_address(), protocol.StatusRequest()).info["jobs"]
+             if j["function"] == "print_then_wait_on_last"]
+    reply = request(cluster_address(), protocol.JobLogsRequest(job["job_id"]))
+    assert isinstance(reply, protocol.StatusReply) and reply.info["kept"]
+    printed = "".join(text for _index, stream_, text in reply.info["entries"] if stream_ == 1)
+    assert {f"working on {x}" for x in range(19)} <= set(printed.splitlines())
+    assert list(stream) == [19]
