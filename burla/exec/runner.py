@@ -29,7 +29,7 @@ from burla.exec.link import AgentLink
 
 # A partial result batch is sent once it holds this many results, or when the link thread says
 # it is due (every link.RESULT_FLUSH_SECONDS while a chunk runs).
-RESULT_FLUSH_COUNT = 4096
+RESULT_FLUSH_COUNT = 32768
 # Functions kept loaded, for executors reused across jobs: at most this many, holding at most
 # this many pickled bytes (one bigger function is kept alone).
 FUNCTION_CACHE_SIZE = 8
