@@ -27,6 +27,8 @@ from burla.agent.limits import Shape, build_policy
 from burla.config import PEER_TIMEOUT_SECONDS, PING_INTERVAL_SECONDS
 from burla.errors import NodeDisconnected
 
+# Out-of-memory deaths of one job this close together were calls running side by side.
+OOM_TOGETHER_SECONDS = 2.0
 log = structlog.get_logger("burla.agent")
 
 # Every message of an agent the coordinator forgot is refused; one Hello per this long answers.
@@ -50,6 +52,7 @@ class AgentJob:
     queue: deque[protocol.Chunk] = field(default_factory=deque)
     crashes: dict[int, int] = field(default_factory=dict)  # input index -> executor deaths
     parallelism: int = 0  # executors it may have here: slots, less one per dynamic-RAM OOM
+    last_oom_at: float = -1e9  # when an executor of this job last died out of memory
 
 
 class Agent:
@@ -373,6 +376,14 @@ class Agent:
         done = executor.reported
         index = chunk.first_index + done
         others = sum(1 for e in self.pool.executors.values() if e.job_id == job.job_id)
+        if executor.oom_killed:
+            now = time.monotonic()
+            if (now - job.last_oom_at < OOM_TOGETHER_SECONDS
+                    and executor.requested_at < job.last_oom_at):
+                # Killed together with a sibling (its death was handled first): this call did
+                # not run alone, so it is retried with fewer at once, not failed.
+                others = max(others, 1)
+            job.last_oom_at = now
         cause = describe_exit(executor)
         if blamed:
             cause += " before it could run any input (starting, or loading the function)"
