@@ -81,11 +81,42 @@ def running_info() -> dict[str, Any] | None:
 
 def ensure_running() -> ClusterAddress:
     """The embedded cluster's address, starting it first if it is not running."""
-    info = running_info()
+    info = _still_known()
     if info is None:
-        with _lock():
-            info = running_info() or start()
+        info = running_info()
+        if info is None:
+            with _lock():
+                info = running_info() or start()
+        _remember(info)
     return ClusterAddress(info["endpoint"], info["token"], True, "the embedded local cluster")
+
+
+# The record last found running, as (cluster.json path, its mtime, the record). A small job
+# calls ensure_running each time: while the file is unchanged and both pids still exist, the
+# record stands without re-reading it and /proc (a pid reused in between is caught by the
+# job's connection, which restarts the cluster as for any lost one).
+_known: tuple[Path, int, dict[str, Any]] | None = None
+
+
+def _still_known() -> dict[str, Any] | None:
+    if _known is None:
+        return None
+    path, mtime, info = _known
+    try:
+        if path != cluster_file() or path.stat().st_mtime_ns != mtime:
+            return None
+        for pid in (info["coordinator_pid"], info["agent_pid"]):
+            os.kill(pid, 0)
+    except OSError:  # the file is gone or rewritten, or a daemon with it
+        return None
+    return info
+
+
+def _remember(info: dict[str, Any]) -> None:
+    global _known
+    path = cluster_file()
+    with contextlib.suppress(OSError):
+        _known = (path, path.stat().st_mtime_ns, info)
 
 
 @contextlib.contextmanager

@@ -43,6 +43,11 @@ _POLL_MS = 100
 _HOLD_POLL_MS = 5  # while the chunker waits for the probe chunk's timing
 # Input bytes sent right behind Submit, before Accept, to a cluster this process has used.
 EARLY_WINDOW_BYTES = 1024 * 1024
+# Results consumed are acknowledged once this many bytes came since the last Ack, or this long
+# passed, and at the end: an Ack per batch was a third of a small job's messages. A quarter of
+# the coordinator's 32 MB result window keeps its sending going.
+ACK_BYTES = 8 * 1024 * 1024
+ACK_SECONDS = 0.1
 # Parallelism each cluster last granted, so early chunks are sized for it.
 _LAST_GRANT: dict[str, int] = {}
 # Job threads are kept between calls: starting a thread costs more than a small job's round trip.
@@ -236,7 +241,8 @@ class JobSession:
         poller.register(self._wake_rx, zmq.POLLIN)
         started = last_heard = checked = time.monotonic()
         self.welcomed = self.accepted = False
-        self.window = self.acked_seq = self.last_seq = 0
+        self.window = self.acked_seq = self.last_seq = self.unacked_bytes = 0
+        self.acked_at = started
         # A known cluster gets the first inputs with the Submit: one round trip fewer.
         self.early = self.chunker is not None and self.address.endpoint in _LAST_GRANT
         if self.early and self.chunker is not None:
@@ -270,8 +276,9 @@ class JobSession:
                         return
             if uploading:
                 self._upload(sock)
-            if self._consumed_seq > self.acked_seq and self._consumed_seq <= self.last_seq:
-                self.acked_seq = self._consumed_seq
+            if self._consumed_seq > self.acked_seq and self._consumed_seq <= self.last_seq and (
+                    self.unacked_bytes >= ACK_BYTES or now - self.acked_at >= ACK_SECONDS):
+                self.acked_seq, self.acked_at, self.unacked_bytes = self._consumed_seq, now, 0
                 self._send(sock, protocol.Ack(self.job_id, self.acked_seq))
             if self.total is not None and self.ledger.received >= self.total:
                 self._send(sock, protocol.Ack(self.job_id, self.last_seq))
@@ -371,6 +378,7 @@ class JobSession:
             self.chunker.observe(msg.count, msg.compute_ns)
         values = decode_results(msg)
         self.last_seq = msg.seq
+        self.unacked_bytes += len(msg.data)
         batch = Batch(msg.first_index, values, set(msg.errors), fresh)
         self.events.put(("results", (self.generation, msg.seq, batch)))
 

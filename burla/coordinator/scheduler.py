@@ -130,6 +130,7 @@ class Scheduler:
                                self.functions[job.function_hash], job.function_name,
                                vars(request), job.max_parallelism, job.parent_job)
         out = self.allocate(job)
+        job.accepted = True
         log.info("job_submitted", job=job.job_id, owner=owner, slots=job.slots,
                  function=msg.function_name, detach=job.detach)
         return [(peer, protocol.Accept(job.job_id, job.slots, UPLOAD_WINDOW_BYTES, -1))] + out
@@ -152,6 +153,7 @@ class Scheduler:
             return [(peer, protocol.Refuse("unauthorized", "that job belongs to another owner",
                                            job.job_id))]
         job.client_seen = now
+        job.accepted = True
         total = job.total if job.total is not None and job.inputs_done else -1
         out: Out = [(peer, protocol.Accept(job.job_id, job.slots, UPLOAD_WINDOW_BYTES, total))]
         if job.detach and job.inputs_done:
@@ -215,7 +217,7 @@ class Scheduler:
             self.queued.append(job.job_id)
         elif job.slots and job.job_id in self.queued:
             self.queued.remove(job.job_id)
-        if out and job.client:
+        if out and job.client and job.accepted:  # before Accept, Accept carries the slots
             out.append((job.client, protocol.Progress(job.job_id, job.slots)))
         return out + self.dispatch(job)
 
@@ -415,7 +417,7 @@ class Scheduler:
             if agent_id in job.allocations:
                 out += self.release(job, agent_id, kill=False)
         if out:
-            if job.client:
+            if job.client and not job.finished:  # a finished job's last results say enough
                 out.append((job.client, protocol.Progress(job.job_id, job.slots)))
             out += self.allocate_queued()
         return out
