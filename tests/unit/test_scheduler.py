@@ -140,6 +140,22 @@ def test_finished_inputs_release_slots_to_a_waiting_job():
     assert sent(out, protocol.Assign)[0].job_id == "two"
 
 
+def test_progress_is_sent_only_when_it_says_something_new():
+    s = scheduler()
+    s.add_node(b"agent-a", hello("a", cpus=1), NOW)
+    out = s.submit(CLIENT, "me", submit("one"), NOW)
+    assert sent(out, protocol.Accept)[0].parallelism == 1
+    assert not sent(out, protocol.Progress)  # Accept already carries the slots
+    s.submit(b"client-2", "me", submit("two"), NOW)  # queued behind "one"
+    one = s.jobs["one"]
+    s.add_inputs(one, protocol.InputChunk("one", 0, 1, b"x"))
+    s.inputs_done(one, protocol.InputsDone("one", 1))
+    out = s.results(s.nodes["a"], results("one", 0, 0, 1))
+    assert sent(out, protocol.Release)[0].job_id == "one"
+    assert not sent(out, protocol.Progress, CLIENT)  # finished: its results said it all
+    assert [m.running for m in sent(out, protocol.Progress, b"client-2")] == [1]
+
+
 def test_nested_job_borrows_a_slot_when_all_are_taken():
     s = scheduler()
     s.add_node(b"agent-a", hello("a", cpus=1), NOW)
