@@ -129,8 +129,7 @@ class Scheduler:
             self.store.add_job(job.job_id, owner, job.function_hash,
                                self.functions[job.function_hash], job.function_name,
                                vars(request), job.max_parallelism, job.parent_job)
-        out = self.allocate(job)
-        job.accepted = True
+        out = self.allocate(job, report=False)  # the Accept below carries the slots
         log.info("job_submitted", job=job.job_id, owner=owner, slots=job.slots,
                  function=msg.function_name, detach=job.detach)
         return [(peer, protocol.Accept(job.job_id, job.slots, UPLOAD_WINDOW_BYTES, -1))] + out
@@ -153,7 +152,6 @@ class Scheduler:
             return [(peer, protocol.Refuse("unauthorized", "that job belongs to another owner",
                                            job.job_id))]
         job.client_seen = now
-        job.accepted = True
         total = job.total if job.total is not None and job.inputs_done else -1
         out: Out = [(peer, protocol.Accept(job.job_id, job.slots, UPLOAD_WINDOW_BYTES, total))]
         if job.detach and job.inputs_done:
@@ -196,8 +194,9 @@ class Scheduler:
         job.uploaded = job.total or 0
         return job
 
-    def allocate(self, job: Job) -> Out:
-        """Give `job` free slots up to its cap; nested jobs borrow one slot when none are free."""
+    def allocate(self, job: Job, *, report: bool = True) -> Out:
+        """Give `job` free slots up to its cap; nested jobs borrow one slot when none are free.
+        `report`: tell its client the new slot count with a Progress."""
         cap = job.max_parallelism or 1 << 30
         wanted = cap - job.slots
         out: Out = []
@@ -217,7 +216,7 @@ class Scheduler:
             self.queued.append(job.job_id)
         elif job.slots and job.job_id in self.queued:
             self.queued.remove(job.job_id)
-        if out and job.client and job.accepted:  # before Accept, Accept carries the slots
+        if out and job.client and report:
             out.append((job.client, protocol.Progress(job.job_id, job.slots)))
         return out + self.dispatch(job)
 

@@ -104,7 +104,6 @@ class Job:
     ready: dict[str, None] = field(default_factory=dict)  # agents with credit, round-robin order
     running: dict[str, int] = field(default_factory=dict)  # agent_id -> chunks in flight there
     duplicates: int = 0
-    accepted: bool = False  # Accept sent: later slot changes go out as Progress
 
     @property
     def client(self) -> bytes:
