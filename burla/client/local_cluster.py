@@ -51,15 +51,23 @@ def read_info() -> dict[str, Any] | None:
         return None
 
 
-def is_alive(pid: int | None) -> bool:
+def exists(pid: int | None) -> bool:
+    """A process with this pid exists (maybe not ours: see `is_alive`)."""
     if not pid:
         return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
-        return True
+    except PermissionError:  # it exists, as another user's
+        pass
+    return True
+
+
+def is_alive(pid: int | None) -> bool:
+    """Our daemon runs under this pid."""
+    if not exists(pid):
+        return False
     try:  # a reused pid is not our daemon
         return b"burla" in Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
@@ -105,11 +113,9 @@ def _still_known() -> dict[str, Any] | None:
     try:
         if path != cluster_file() or path.stat().st_mtime_ns != mtime:
             return None
-        for pid in (info["coordinator_pid"], info["agent_pid"]):
-            os.kill(pid, 0)
-    except OSError:  # the file is gone or rewritten, or a daemon with it
+    except OSError:  # the file is gone
         return None
-    return info
+    return info if exists(info["coordinator_pid"]) and exists(info["agent_pid"]) else None
 
 
 def _remember(info: dict[str, Any]) -> None:
