@@ -16,6 +16,8 @@ MAX_INPUT_BYTES = 200 * 1024 * 1024
 # A peer silent this long is dead (DESIGN §3); idle links ping at a fraction of it.
 PEER_TIMEOUT_SECONDS = 5.0
 PING_INTERVAL_SECONDS = 1.0
+# A client connection silent this long is forgotten by the coordinator; it must Hello again.
+CLIENT_FORGET_SECONDS = 60.0
 
 
 def user_state_dir() -> Path:

@@ -15,7 +15,7 @@ from typing import Any, ClassVar, TypeVar, Union
 import msgpack
 
 # Bumped on any incompatible change to a message; travels in every Hello.
-PROTOCOL_VERSION = 3
+PROTOCOL_VERSION = 4
 
 # A blob travels as its own frame: bytes when built locally, a zmq.Frame/memoryview when relayed.
 Blob = Union[bytes, memoryview, Any]

@@ -129,6 +129,7 @@ class Agent:
             "gpus": [gpu.type for gpu in self.policy.gpus],
             "image": self.config.image,
             "python_version": self.config.python_version,
+            "prefetch": self.config.prefetch,  # the credit each slot of an Assign carries
             "pid": os.getpid(),
         }
         self.hello_sent_at = time.monotonic()
@@ -214,7 +215,6 @@ class Agent:
         for _ in range(msg.slots - len(warm)):
             self.make_room(shape)
             self.attach(self.pool.spawn(shape, msg.owner), job)
-        self.send_up(protocol.Credit(job.job_id, msg.slots * (1 + self.config.prefetch)))
         log.info("job_assigned", job=job.job_id, slots=msg.slots, warm=len(warm),
                  function_bytes=len(msg.function))  # 0: this agent had the function already
 

@@ -62,6 +62,7 @@ def remote_parallel_map(
     if chunker.done():  # empty inputs: nothing to run, no cluster touched
         return _empty() if generator else []
     spec = _job_spec(function_, func_cpu, ram_gb, func_gpu, image, max_parallelism, grow, detach)
+    chunker.remember_speed_of(spec.function_hash)
     address = configured_cluster(api_key) or local_cluster.ensure_running()
     display = Display(spinner, spec.function_name)
     session = JobSession(address, spec, chunker, display.write_logs, CONNECT_TIMEOUT_SECONDS)

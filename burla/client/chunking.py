@@ -6,7 +6,10 @@ near the end they shrink, so no slot is left with a long tail. The size rule is
 of work once executors have reported how long calls take: a chunk costs a few messages on
 every hop, and a chunk of fast calls is made big enough to pay for them. Remaining is known
 exactly for sized inputs; for iterators it is the size of a bounded look-ahead buffer until the
-iterator ends. This module never talks to the network.
+iterator ends. Until its first results arrive, a repeat job of the same function sizes chunks by
+the speed its calls had in this process before, but never bigger than an even split over the
+slots: new inputs may be slower, and no slot may idle for a guess. This module never talks to
+the network.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import math
 import pickle
 import time
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from itertools import islice
 from typing import Any
@@ -39,6 +43,10 @@ MIN_CHUNK_SECONDS = 0.01
 PROBE_SLOTS = 64
 PROBE_SECONDS = 0.05
 FIRST_CHUNK_INPUTS = 64
+# Functions whose speed is remembered (the most recently used).
+REMEMBERED_FUNCTIONS = 1024
+# Nanoseconds per call of each function hash, as its last job in this process measured them.
+_NS_PER_CALL: OrderedDict[str, float] = OrderedDict()
 
 
 def dumps(value: Any) -> bytes:
@@ -69,6 +77,15 @@ class Chunker:
         self._timed_inputs = 0  # inputs whose compute time executors reported
         self._timed_ns = 0
         self._probe_at: float | None = None  # when the first chunk was cut
+        self._function_hash = ""
+        self._remembered_ns: float | None = None  # per call, from an earlier job
+
+    def remember_speed_of(self, function_hash: str) -> None:
+        """Use the speed calls of `function_hash` had before, and keep this job's for next time."""
+        self._function_hash = function_hash
+        self._remembered_ns = _NS_PER_CALL.get(function_hash)
+        if self._remembered_ns is not None:
+            _NS_PER_CALL.move_to_end(function_hash)
 
     @property
     def total(self) -> int | None:
@@ -95,19 +112,26 @@ class Chunker:
         if count > 0 and compute_ns >= 0:
             self._timed_inputs += count
             self._timed_ns += compute_ns
+            if self._function_hash:
+                _NS_PER_CALL[self._function_hash] = self._timed_ns / self._timed_inputs
+                _NS_PER_CALL.move_to_end(self._function_hash)
+                if len(_NS_PER_CALL) > REMEMBERED_FUNCTIONS:
+                    _NS_PER_CALL.popitem(last=False)
 
     def holding(self, now: float) -> bool:
         """True while a wide cluster waits for the probe chunk's timing."""
         return (self.slots > PROBE_SLOTS and not self._timed_inputs
                 and self._probe_at is not None and now - self._probe_at < PROBE_SECONDS)
 
-    def _least_inputs(self) -> int:
+    def _least_inputs(self, remaining: int) -> int:
         """Inputs that make MIN_CHUNK_SECONDS of work, from the timings so far (1: unknown)."""
-        if not self._timed_inputs:
+        if self._timed_inputs:
+            ns_per_call = self._timed_ns / self._timed_inputs
+        elif self._remembered_ns is not None:  # a guess: at most an even split of what is left
+            return min(_inputs_for_least_work(self._remembered_ns), -(-remaining // self.slots))
+        else:
             return 1
-        if not self._timed_ns:
-            return MAX_CHUNK_INPUTS
-        return math.ceil(MIN_CHUNK_SECONDS * 1e9 * self._timed_inputs / self._timed_ns)
+        return _inputs_for_least_work(ns_per_call)
 
     def done(self) -> bool:
         self._fill()
@@ -117,7 +141,7 @@ class Chunker:
         self._fill()
         total = self.total
         remaining = total - self.next_index if total is not None else self._held()
-        size = max(1, -(-remaining // (GSS_FACTOR * self.slots)), self._least_inputs())
+        size = max(1, -(-remaining // (GSS_FACTOR * self.slots)), self._least_inputs(remaining))
         if self._bytes_per_input:
             size = min(size, max(1, int(TARGET_CHUNK_BYTES / self._bytes_per_input)))
         else:
@@ -145,6 +169,12 @@ class Chunker:
             estimate if not self._bytes_per_input else 0.5 * (self._bytes_per_input + estimate)
         )
         return first, count, blob
+
+
+def _inputs_for_least_work(ns_per_call: float) -> int:
+    if ns_per_call <= 0:
+        return MAX_CHUNK_INPUTS
+    return min(MAX_CHUNK_INPUTS, math.ceil(MIN_CHUNK_SECONDS * 1e9 / ns_per_call))
 
 
 def _check_each(items: list[Any], first: int, chunk_bytes: int) -> None:

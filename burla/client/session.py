@@ -200,12 +200,15 @@ class JobSession:
         first = True
         while True:
             endpoint = self.address.endpoint
-            # After a lost connection, a fresh one: a kept one may be what went wrong.
-            sock = (CONNECTIONS.take(self._ctx, endpoint) if first else transport.dealer_socket(
-                self._ctx, endpoint, f"client-{uuid.uuid4().hex}".encode()))
+            token = self.address.token
+            if first:
+                sock, welcomed = CONNECTIONS.take(self._ctx, endpoint, token)
+            else:  # after a lost connection, a fresh one: a kept one may be what went wrong
+                sock, welcomed = transport.dealer_socket(
+                    self._ctx, endpoint, f"client-{uuid.uuid4().hex}".encode()), False
             self._ended_cleanly = False
             try:
-                self._serve(sock, first)
+                self._serve(sock, first, welcomed)
                 return
             except _Reconnect as why:
                 first = False
@@ -222,14 +225,18 @@ class JobSession:
                     self.address = local_cluster.ensure_running()
             finally:
                 if self._ended_cleanly:
-                    CONNECTIONS.give_back(endpoint, sock)
+                    CONNECTIONS.give_back(endpoint, sock, token)
                 else:
                     sock.close(linger=CLOSE_LINGER_MS)
 
-    def _serve(self, sock: zmq.Socket[Any], first: bool) -> None:
+    def _serve(self, sock: zmq.Socket[Any], first: bool, welcomed: bool) -> None:
+        """Run the job on `sock`; `welcomed`: the coordinator knows this connection already (if
+        it has forgotten it after all, it refuses the Submit and we reconnect)."""
         self.reconnecting = not first
-        self._send(sock, protocol.Hello("client", protocol.PROTOCOL_VERSION, __version__,
-                                        self.address.token, self.job_id, {"pid": os.getpid()}))
+        if not welcomed:
+            self._send(sock, protocol.Hello("client", protocol.PROTOCOL_VERSION, __version__,
+                                            self.address.token, self.job_id,
+                                            {"pid": os.getpid()}))
         if self.spec is None:
             self._send(sock, protocol.Attach(self.job_id))
         else:
@@ -240,7 +247,7 @@ class JobSession:
         poller.register(sock, zmq.POLLIN)
         poller.register(self._wake_rx, zmq.POLLIN)
         started = last_heard = checked = time.monotonic()
-        self.welcomed = self.accepted = False
+        self.welcomed, self.accepted = welcomed, False
         self.window = self.acked_seq = self.last_seq = self.unacked_bytes = 0
         self.acked_at = started
         # A known cluster gets the first inputs with the Submit: one round trip fewer.

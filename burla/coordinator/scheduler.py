@@ -31,6 +31,8 @@ Out = list[tuple[bytes, protocol.Message]]
 UPLOAD_WINDOW_BYTES = 64 * 1024 * 1024
 # Result bytes held for a slow client before dispatch of new chunks pauses.
 MAX_BACKLOG_BYTES = 64 * 1024 * 1024
+# Most chunks per slot an agent may ask to hold ahead: its Hello is trusted only this far.
+MAX_PREFETCH = 16
 
 
 class Scheduler:
@@ -57,6 +59,7 @@ class Scheduler:
             info["agent_id"], peer, hello.session, int(info["cpus"]), int(info["ram_gb"]),
             list(info.get("gpus", [])), str(info.get("image", "")),
             str(info["python_version"]), now,
+            prefetch=max(0, min(int(info.get("prefetch", 0)), MAX_PREFETCH)),
         )
         self.peers[peer] = info["agent_id"]
         log.info("node_added", agent=info["agent_id"], cpus=info["cpus"])
@@ -122,7 +125,7 @@ class Scheduler:
         job = Job(
             msg.job_id, owner, msg.function_hash, msg.function_name, request,
             msg.max_parallelism, msg.detach, msg.parent_job, self.job_token(msg.job_id), now, now,
-            ResultStream(msg.job_id, peer),
+            ResultStream(msg.job_id, peer), announced=msg.n_inputs,
         )
         self.jobs[job.job_id] = job
         if job.detach:
@@ -226,9 +229,9 @@ class Scheduler:
         node.used_ram_gb += slots * request.func_ram
         node.used_gpus += slots if request.func_gpu else 0
         job.allocations[node.agent_id] = job.allocations.get(node.agent_id, 0) + slots
-        # Each new slot can take one chunk at once; the agent's Credit adds its prefetch. This
-        # saves a small job a round trip to the agent before its first chunk.
-        job.credits[node.agent_id] = job.credits.get(node.agent_id, 0) + slots
+        # Each new slot can take one chunk at once plus the agent's prefetch (from its Hello):
+        # the chunks follow the Assign at once, with no Credit round trip to the agent.
+        job.credits[node.agent_id] = job.credits.get(node.agent_id, 0) + slots * (1 + node.prefetch)
         job.ready[node.agent_id] = None
         function = b"" if job.function_hash in node.functions else self.functions[job.function_hash]
         node.functions.add(job.function_hash)
@@ -342,7 +345,8 @@ class Scheduler:
                 data = self.store.chunk_data(job.job_id, chunk.chunk_id)
             elif not chunk.credited:  # paid back once, on its first dispatch
                 chunk.credited = True
-                out.append((job.client, protocol.UploadCredit(job.job_id, chunk.nbytes)))
+                if not job.uploads_over:  # the client needs window only for more inputs
+                    out.append((job.client, protocol.UploadCredit(job.job_id, chunk.nbytes)))
             out.append((self.nodes[agent_id].peer, protocol.Chunk(
                 job.job_id, chunk.chunk_id, chunk.attempt, chunk.first_index, chunk.count,
                 chunk.reported, data)))

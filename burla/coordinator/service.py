@@ -19,15 +19,12 @@ import structlog
 import zmq
 
 from burla import __version__, channel, daemon, protocol, systemd, transport
-from burla.config import PING_INTERVAL_SECONDS
+from burla.config import CLIENT_FORGET_SECONDS, PING_INTERVAL_SECONDS
 from burla.coordinator.config import CoordinatorConfig
 from burla.coordinator.jobstore import JobStore
 from burla.coordinator.scheduler import Out, Scheduler
 
 log = structlog.get_logger("burla.coordinator")
-
-# Clients are forgotten this long after their last message (their jobs were handled earlier).
-CLIENT_FORGET_SECONDS = 60.0
 
 
 class Coordinator:

@@ -26,6 +26,7 @@ class Node:
     used_ram_gb: int = 0
     used_gpus: int = 0
     functions: set[str] = field(default_factory=set)  # hashes this agent already holds
+    prefetch: int = 0  # chunks per slot the agent takes ahead of the running one (its Hello)
 
     def describe(self) -> str:
         gpus = f", {len(self.gpus)}x {self.gpus[0]}" if self.gpus else ""
@@ -94,6 +95,7 @@ class Job:
     total: int | None = None  # known once every input is uploaded
     inputs_done: bool = False  # the client said no more chunks will come
     uploaded: int = 0
+    announced: int = -1  # the input count its Submit gave (-1: an iterator of unknown length)
     done: int = 0
     next_chunk_id: int = 0
     seen_chunks: set[int] = field(default_factory=set)  # first indexes received
@@ -113,6 +115,11 @@ class Job:
     @property
     def slots(self) -> int:
         return sum(self.allocations.values())
+
+    @property
+    def uploads_over(self) -> bool:
+        """The client has sent every input (it needs no more upload window)."""
+        return self.inputs_done or self.uploaded == self.announced
 
     @property
     def finished(self) -> bool:

@@ -240,11 +240,11 @@ def test_jobs_of_a_process_reuse_a_connection_and_never_see_each_others_messages
 
     endpoint = cluster.env()["BURLA_CLUSTER"]
     assert remote_parallel_map(square, range(5), spinner=False) == [x * x for x in range(5)]
-    [kept] = CONNECTIONS._idle[endpoint]
+    [kept] = [k.sock for k in CONNECTIONS._idle[endpoint]]
     for n in range(1, 40):  # each job leaves Progress and Pings behind on the connection
         assert remote_parallel_map(square, range(n), spinner=False) == [x * x for x in range(n)]
         assert remote_parallel_map(str, [n], spinner=False) == [str(n)]
-    assert CONNECTIONS._idle[endpoint] == [kept]
+    assert [k.sock for k in CONNECTIONS._idle[endpoint]] == [kept]
     # A job that did not end cleanly (the caller stopped reading) closes its connection.
     stream = remote_parallel_map(slow_square, range(4), generator=True, spinner=False)
     assert next(stream) == 0
@@ -252,6 +252,24 @@ def test_jobs_of_a_process_reuse_a_connection_and_never_see_each_others_messages
     assert CONNECTIONS._idle[endpoint] == []
     assert remote_parallel_map(square, [3], spinner=False) == [9]
     assert len(CONNECTIONS._idle[endpoint]) == 1
+
+
+def test_a_kept_connection_the_coordinator_forgot_costs_a_reconnect_not_the_job(make_cluster):
+    """A kept connection skips its Hello; when the coordinator behind it restarted (and so never
+    heard that Hello), the Submit is refused and the job goes on over a new connection."""
+    from burla.client.connections import CONNECTIONS
+
+    cluster = make_cluster()
+    endpoint = cluster.env()["BURLA_CLUSTER"]
+    assert remote_parallel_map(square, range(3), spinner=False) == [0, 1, 4]
+    [forgotten] = [k.sock for k in CONNECTIONS._idle[endpoint]]
+    assert cluster.coordinator is not None
+    cluster.coordinator.kill()
+    cluster.coordinator.wait()
+    cluster.restart_coordinator()
+    assert remote_parallel_map(square, range(3), spinner=False) == [0, 1, 4]
+    [kept] = [k.sock for k in CONNECTIONS._idle[endpoint]]
+    assert kept is not forgotten and forgotten.closed
 
 
 def print_then_wait_on_last(x):

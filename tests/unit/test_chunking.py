@@ -68,3 +68,44 @@ def test_a_wide_cluster_waits_for_the_probe_timing_but_not_forever(monkeypatch) 
     wide.observe(64, 1_000)
     assert not wide.holding(now[0])
 
+
+
+def test_a_repeat_job_starts_from_its_functions_last_speed(monkeypatch) -> None:
+    monkeypatch.setattr(chunking, "_NS_PER_CALL", chunking.OrderedDict())
+    first = Chunker([0, 1, 2], slots=2)
+    first.remember_speed_of("fast")
+    assert _sizes(first) == [1, 1, 1]  # unknown speed: spread over the slots
+    first.observe(3, 3 * 5_000)  # 5 us a call
+    again = Chunker([0, 1, 2], slots=2)
+    again.remember_speed_of("fast")
+    # Bigger chunks, but no bigger than an even split: these inputs may be slower, and each
+    # slot gets work.
+    assert _sizes(again) == [2, 1]
+    wide = Chunker(list(range(10_000)), slots=4)
+    wide.remember_speed_of("fast")
+    sizes = _sizes(wide)
+    assert sizes[1] == 2_000  # 10 ms of 5 us calls; GSS alone would cut an eighth, 1,242
+    other = Chunker([0, 1, 2], slots=2)
+    other.remember_speed_of("another function")
+    assert _sizes(other) == [1, 1, 1]
+
+
+def test_a_remembered_speed_gives_way_to_the_jobs_own(monkeypatch) -> None:
+    monkeypatch.setattr(chunking, "_NS_PER_CALL", chunking.OrderedDict())
+    chunker = Chunker(range(100_000), slots=4)
+    chunking._NS_PER_CALL["was fast"] = 1_000.0
+    chunker.remember_speed_of("was fast")
+    chunker.next_chunk()
+    chunker.observe(64, 64 * 1_000_000_000)  # now a second a call
+    assert chunker.chunk_size() == -(-(100_000 - 64) // (chunking.GSS_FACTOR * 4))
+    assert chunking._NS_PER_CALL["was fast"] > 500_000_000  # and the next job knows it
+
+
+def test_only_so_many_functions_are_remembered(monkeypatch) -> None:
+    monkeypatch.setattr(chunking, "_NS_PER_CALL", chunking.OrderedDict())
+    monkeypatch.setattr(chunking, "REMEMBERED_FUNCTIONS", 3)
+    for n in range(5):
+        chunker = Chunker([0], slots=1)
+        chunker.remember_speed_of(f"f{n}")
+        chunker.observe(1, 1_000)
+    assert list(chunking._NS_PER_CALL) == ["f2", "f3", "f4"]

@@ -7,7 +7,7 @@ import pytest
 from burla import protocol
 from burla.coordinator import delivery
 from burla.coordinator.jobstore import JobStore
-from burla.coordinator.scheduler import Scheduler
+from burla.coordinator.scheduler import MAX_PREFETCH, Scheduler
 
 CLIENT = b"client-1"
 NOW = 100.0
@@ -71,6 +71,37 @@ def test_chunks_go_only_against_credit(two_nodes):
     # A finished chunk returns one credit, which the fourth chunk uses.
     out = two_nodes.results(node, results("job", 0, 0, 1))
     assert [c.first_index for c in sent(out, protocol.Chunk)] == [3]
+
+
+def test_an_assign_carries_the_agents_prefetch_as_credit():
+    s = scheduler()
+    s.add_node(b"agent-a", hello("a", cpus=2, prefetch=2), NOW)
+    s.submit(CLIENT, "me", submit(), NOW)
+    job = s.jobs["job"]
+    dispatched = [sent(s.add_inputs(job, protocol.InputChunk("job", i, 1, b"x")), protocol.Chunk)
+                  for i in range(7)]
+    # 2 slots x (1 running + 2 ahead): six chunks go with no Credit from the agent.
+    assert [len(d) for d in dispatched] == [1] * 6 + [0]
+
+
+def test_an_agent_cannot_claim_an_unbounded_prefetch():
+    s = scheduler()
+    s.add_node(b"agent-a", hello("a", prefetch=10**9), NOW)
+    assert s.nodes["a"].prefetch == MAX_PREFETCH
+
+
+def test_upload_window_comes_back_only_while_the_client_has_inputs_to_send(two_nodes):
+    announced = protocol.Submit("job", "hash", "f", 1, 0, None, None, 1, False, False, 3, "3.11",
+                                None, b"function")
+    two_nodes.submit(CLIENT, "me", announced, NOW)
+    job = two_nodes.jobs["job"]
+    out = two_nodes.add_inputs(job, protocol.InputChunk("job", 0, 2, b"xx"))
+    assert sent(out, protocol.Chunk) and sent(out, protocol.UploadCredit, CLIENT)
+    out = two_nodes.add_inputs(job, protocol.InputChunk("job", 2, 1, b"x"))  # 3 of 3 are in
+    node = two_nodes.nodes[next(iter(job.allocations))]
+    out += two_nodes.credit(node, protocol.Credit("job", 1))
+    assert [c.first_index for c in sent(out, protocol.Chunk)] == [2]
+    assert not sent(out, protocol.UploadCredit)
 
 
 def test_lost_node_requeues_and_fences_late_results(two_nodes):
