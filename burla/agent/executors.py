@@ -45,7 +45,8 @@ class Executor:
     pidfd: int = -1
     ready: bool = False  # sent its Hello
     job_id: str = ""  # the job it serves now, "" when idle-warm
-    loaded_hash: str = ""
+    loaded_hash: str = ""  # the function it holds loaded
+    loaded_job: str = ""  # the job whose Load it had last (sent right before its first chunk)
     proven: bool = False  # has sent a result since its last Load: the function loads there
     chunk: protocol.Chunk | None = None  # the chunk it is running
     reported: int = 0  # inputs of `chunk` whose results reached us

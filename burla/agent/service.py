@@ -231,8 +231,7 @@ class Agent:
         executor.job_id = job.job_id
         executor.owner = job.owner
         executor.proven = False
-        if executor.ready:
-            self.load(executor, job)
+        self.feed(executor)
 
     def load(self, executor: Executor, job: AgentJob) -> None:
         function = b"" if executor.loaded_hash == job.function_hash else job.function
@@ -240,8 +239,7 @@ class Agent:
             protocol.Load(job.job_id, job.function_hash, job.env, function),
             executor.executor_id.encode(),
         )
-        executor.loaded_hash = job.function_hash
-        self.feed(executor)
+        executor.loaded_hash, executor.loaded_job = job.function_hash, job.job_id
 
     def on_chunk(self, msg: protocol.Chunk) -> None:
         job = self.jobs.get(msg.job_id)
@@ -262,6 +260,10 @@ class Agent:
         job = self.jobs.get(executor.job_id)
         if job is None or not job.queue or executor.busy() or not executor.ready:
             return
+        if executor.loaded_job != job.job_id:
+            # Right before its first chunk, not at Assign: an executor the job never needs is
+            # not woken, and one that is reads both in one wake-up.
+            self.load(executor, job)
         chunk = job.queue.popleft()
         executor.chunk = chunk
         executor.reported = chunk.skip
@@ -309,9 +311,7 @@ class Agent:
             log.debug("executor_ready", executor=executor.executor_id, pid=executor.pid,
                       ms=round((time.monotonic() - executor.requested_at) * 1000, 1))
             self.check_warm()
-            job = self.jobs.get(executor.job_id)
-            if job is not None:
-                self.load(executor, job)
+            self.feed(executor)
 
     def on_results(self, executor: Executor, msg: protocol.Results) -> None:
         if executor.chunk is None or executor.chunk.chunk_id != msg.chunk_id:
