@@ -81,6 +81,40 @@ class Batch:
         return runs
 
 
+class _Waker:
+    """Interrupts the job thread's poll from the caller's thread (a cancel, a leave). A pipe,
+    closed by the job thread as it ends, under a lock, so a late wake never writes to a closed
+    (or reused) fd. Cheaper than a socket pair, which a small job paid for in every call."""
+
+    def __init__(self) -> None:
+        self.read_fd, self._write_fd = os.pipe()
+        os.set_blocking(self.read_fd, False)
+        os.set_blocking(self._write_fd, False)
+        self._lock = threading.Lock()
+
+    def wake(self) -> None:
+        with self._lock:
+            if self._write_fd >= 0:
+                try:
+                    os.write(self._write_fd, b"\0")
+                except BlockingIOError:  # the pipe is full of wakes: it is awake already
+                    pass
+
+    def drain(self) -> None:
+        try:
+            while os.read(self.read_fd, 4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    def close(self) -> None:
+        with self._lock:
+            if self._write_fd >= 0:
+                os.close(self.read_fd)
+                os.close(self._write_fd)
+                self._write_fd = -1
+
+
 class _Reconnect(Exception):
     """The connection is gone; start a new one (carries why, for the error if that fails)."""
 
@@ -123,11 +157,7 @@ class JobSession:
         self.events: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self.ledger = Ledger()
         self._ctx: zmq.Context[Any] = zmq.Context.instance()
-        self._wake_address = f"inproc://burla-wake-{uuid.uuid4().hex}"
-        self._wake_rx = self._ctx.socket(zmq.PAIR)
-        self._wake_rx.bind(self._wake_address)
-        self._wake_tx = self._ctx.socket(zmq.PAIR)
-        self._wake_tx.connect(self._wake_address)
+        self._waker: _Waker | None = None  # made by start(), closed by the job thread
         self._cancel_reason: str | None = None
         self._consumed_seq = 0
         self._running: concurrent.futures.Future[None] | None = None
@@ -146,6 +176,7 @@ class JobSession:
     # --- the caller's side -----------------------------------------------------------------
 
     def start(self) -> None:
+        self._waker = _Waker()
         self._running = _IO_THREADS.submit(self._run)
 
     def _join(self, timeout: float) -> None:
@@ -174,15 +205,12 @@ class JobSession:
         self._wake_and_join()
 
     def _wake_and_join(self) -> None:
-        try:
-            self._wake_tx.send(b"", flags=zmq.NOBLOCK)
-        except zmq.ZMQError:
-            pass
+        if self._waker is not None:
+            self._waker.wake()
         self._join(timeout=2)
 
     def close(self) -> None:
         self._join(timeout=2)
-        self._wake_tx.close(linger=0)
 
     # --- the I/O thread --------------------------------------------------------------------
 
@@ -192,7 +220,8 @@ class JobSession:
         except Exception as exc:  # anything unexpected reaches the caller, never a hang
             self.events.put(("error", exc))
         finally:
-            self._wake_rx.close(linger=0)
+            assert self._waker is not None
+            self._waker.close()
 
     def _connect_and_serve(self) -> None:
         lost_at = 0.0
@@ -245,7 +274,8 @@ class JobSession:
             self.resend.extend(self.ledger.unfinished())  # after a reconnect: send again
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
-        poller.register(self._wake_rx, zmq.POLLIN)
+        assert self._waker is not None
+        poller.register(self._waker.read_fd, zmq.POLLIN)
         started = last_heard = checked = time.monotonic()
         self.welcomed, self.accepted = welcomed, False
         self.window = self.acked_seq = self.last_seq = self.unacked_bytes = 0
@@ -267,9 +297,8 @@ class JobSession:
             busy = uploading and (self.resend or fresh) and self.window > 0
             ready = dict(poller.poll(0 if busy else _HOLD_POLL_MS if holding else _POLL_MS))
             now = time.monotonic()
-            if self._wake_rx in ready:
-                while self._wake_rx.poll(0):
-                    self._wake_rx.recv()
+            if self._waker.read_fd in ready:
+                self._waker.drain()
             if self._leaving:
                 return
             if self._cancel_reason is not None:
