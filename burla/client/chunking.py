@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import pickle
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
@@ -45,8 +46,38 @@ PROBE_SECONDS = 0.05
 FIRST_CHUNK_INPUTS = 64
 # Functions whose speed is remembered (the most recently used).
 REMEMBERED_FUNCTIONS = 1024
-# Nanoseconds per call of each function hash, as its last job in this process measured them.
-_NS_PER_CALL: OrderedDict[str, float] = OrderedDict()
+
+
+class CallSpeeds:
+    """Nanoseconds per call of each function hash, as its last job in this process measured
+    them, for the most recently used functions. Job threads share it, so it is locked."""
+
+    def __init__(self, size: int = REMEMBERED_FUNCTIONS) -> None:
+        self.size = size
+        self._ns: OrderedDict[str, float] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, function_hash: str) -> float | None:
+        with self._lock:
+            ns = self._ns.get(function_hash)
+            if ns is not None:
+                self._ns.move_to_end(function_hash)
+            return ns
+
+    def put(self, function_hash: str, ns_per_call: float) -> None:
+        with self._lock:
+            self._ns[function_hash] = ns_per_call
+            self._ns.move_to_end(function_hash)
+            while len(self._ns) > self.size:
+                self._ns.popitem(last=False)
+
+    def known(self) -> list[str]:
+        """The remembered hashes, least recently used first."""
+        with self._lock:
+            return list(self._ns)
+
+
+SPEEDS = CallSpeeds()
 
 
 def dumps(value: Any) -> bytes:
@@ -83,9 +114,7 @@ class Chunker:
     def remember_speed_of(self, function_hash: str) -> None:
         """Use the speed calls of `function_hash` had before, and keep this job's for next time."""
         self._function_hash = function_hash
-        self._remembered_ns = _NS_PER_CALL.get(function_hash)
-        if self._remembered_ns is not None:
-            _NS_PER_CALL.move_to_end(function_hash)
+        self._remembered_ns = SPEEDS.get(function_hash)
 
     @property
     def total(self) -> int | None:
@@ -113,10 +142,7 @@ class Chunker:
             self._timed_inputs += count
             self._timed_ns += compute_ns
             if self._function_hash:
-                _NS_PER_CALL[self._function_hash] = self._timed_ns / self._timed_inputs
-                _NS_PER_CALL.move_to_end(self._function_hash)
-                if len(_NS_PER_CALL) > REMEMBERED_FUNCTIONS:
-                    _NS_PER_CALL.popitem(last=False)
+                SPEEDS.put(self._function_hash, self._timed_ns / self._timed_inputs)
 
     def holding(self, now: float) -> bool:
         """True while a wide cluster waits for the probe chunk's timing."""

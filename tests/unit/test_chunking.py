@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import threading
 
 import pytest
 
@@ -71,7 +72,7 @@ def test_a_wide_cluster_waits_for_the_probe_timing_but_not_forever(monkeypatch) 
 
 
 def test_a_repeat_job_starts_from_its_functions_last_speed(monkeypatch) -> None:
-    monkeypatch.setattr(chunking, "_NS_PER_CALL", chunking.OrderedDict())
+    monkeypatch.setattr(chunking, "SPEEDS", chunking.CallSpeeds())
     first = Chunker([0, 1, 2], slots=2)
     first.remember_speed_of("fast")
     assert _sizes(first) == [1, 1, 1]  # unknown speed: spread over the slots
@@ -91,21 +92,40 @@ def test_a_repeat_job_starts_from_its_functions_last_speed(monkeypatch) -> None:
 
 
 def test_a_remembered_speed_gives_way_to_the_jobs_own(monkeypatch) -> None:
-    monkeypatch.setattr(chunking, "_NS_PER_CALL", chunking.OrderedDict())
+    monkeypatch.setattr(chunking, "SPEEDS", chunking.CallSpeeds())
     chunker = Chunker(range(100_000), slots=4)
-    chunking._NS_PER_CALL["was fast"] = 1_000.0
+    chunking.SPEEDS.put("was fast", 1_000.0)
     chunker.remember_speed_of("was fast")
     chunker.next_chunk()
     chunker.observe(64, 64 * 1_000_000_000)  # now a second a call
     assert chunker.chunk_size() == -(-(100_000 - 64) // (chunking.GSS_FACTOR * 4))
-    assert chunking._NS_PER_CALL["was fast"] > 500_000_000  # and the next job knows it
+    assert chunking.SPEEDS.get("was fast") == 1_000_000_000  # and the next job knows it
 
 
 def test_only_so_many_functions_are_remembered(monkeypatch) -> None:
-    monkeypatch.setattr(chunking, "_NS_PER_CALL", chunking.OrderedDict())
-    monkeypatch.setattr(chunking, "REMEMBERED_FUNCTIONS", 3)
+    monkeypatch.setattr(chunking, "SPEEDS", chunking.CallSpeeds(size=3))
     for n in range(5):
         chunker = Chunker([0], slots=1)
         chunker.remember_speed_of(f"f{n}")
         chunker.observe(1, 1_000)
-    assert list(chunking._NS_PER_CALL) == ["f2", "f3", "f4"]
+    assert chunking.SPEEDS.known() == ["f2", "f3", "f4"]
+
+
+def test_job_threads_share_the_remembered_speeds_safely() -> None:
+    speeds = chunking.CallSpeeds(size=8)
+    failures: list[BaseException] = []
+
+    def churn(thread: int) -> None:
+        try:
+            for n in range(5_000):
+                speeds.put(f"f{(thread + n) % 20}", float(n))
+                speeds.get(f"f{n % 20}")
+        except BaseException as exc:  # noqa: BLE001 - any error in a thread fails the test
+            failures.append(exc)
+
+    threads = [threading.Thread(target=churn, args=(t,)) for t in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not failures and len(speeds.known()) == 8
