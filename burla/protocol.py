@@ -420,6 +420,15 @@ class Chunk(Message):
     data: Blob
 
 
+@message("forget")
+@dataclasses.dataclass(frozen=True, slots=True)
+class Forget(Message):
+    """Drop the pickled function `function_hash` (the agent's share of them is full); an Assign
+    that needs it again carries its bytes."""
+
+    function_hash: str
+
+
 @message("release")
 @dataclasses.dataclass(frozen=True, slots=True)
 class Release(Message):

@@ -141,6 +141,7 @@ class Agent:
         ran, so our jobs are void: their busy executors are killed, the idle ones kept warm."""
         for job_id in list(self.jobs):
             self.on_release(protocol.Release(job_id, True))
+        self.functions.clear()  # the coordinator's record of them starts empty again
         # A new session. Whatever the old one sent went down this FIFO connection before this
         # Hello, so the coordinator refused it as an unknown peer: that is the fence.
         self.session = os.urandom(6).hex()
@@ -283,6 +284,12 @@ class Agent:
                 executor.job_id = ""
         log.info("job_released", job=msg.job_id, killed=msg.kill)
 
+    def on_forget(self, msg: protocol.Forget) -> None:
+        # Executors keep their loaded copy (within their own bound); a job running it is live,
+        # and the coordinator never has a live job's function forgotten.
+        if self.functions.pop(msg.function_hash, None) is not None:
+            log.info("function_forgotten", function_hash=msg.function_hash)
+
     def on_ping(self, msg: protocol.Ping) -> None:
         pass
 
@@ -293,6 +300,7 @@ class Agent:
         protocol.Assign: on_assign,
         protocol.Chunk: on_chunk,
         protocol.Release: on_release,
+        protocol.Forget: on_forget,
         protocol.Ping: on_ping,
     }
 

@@ -19,7 +19,7 @@ from burla import protocol
 from burla.config import PEER_TIMEOUT_SECONDS
 from burla.coordinator import placement
 from burla.coordinator.delivery import ResultStream
-from burla.coordinator.functions import FunctionCache
+from burla.coordinator.functions import FunctionCache, nbytes
 from burla.coordinator.jobstore import JobStore, StoredJob
 from burla.coordinator.state import ChunkState, Job, Node, Request
 
@@ -233,10 +233,18 @@ class Scheduler:
         # the chunks follow the Assign at once, with no Credit round trip to the agent.
         job.credits[node.agent_id] = job.credits.get(node.agent_id, 0) + slots * (1 + node.prefetch)
         job.ready[node.agent_id] = None
-        function = b"" if job.function_hash in node.functions else self.functions[job.function_hash]
-        node.functions.add(job.function_hash)
+        function = b""
+        if job.function_hash not in node.functions:
+            function = self.functions[job.function_hash]
+            node.functions.add(job.function_hash, nbytes(function))
+        live = set()
+        if node.functions.over_budget:
+            live = {j.function_hash for j in self.jobs.values() if node.agent_id in j.allocations}
+        # Forgotten before the new bytes arrive, so the agent does not hold both at once.
+        out: Out = [(node.peer, protocol.Forget(old))
+                    for old in node.functions.touch(job.function_hash, live)]
         env = {"BURLA_API_KEY": job.token, "BURLA_PARENT_JOB": job.job_id}
-        return [(node.peer, protocol.Assign(
+        return out + [(node.peer, protocol.Assign(
             job.job_id, job.function_hash, slots, request.func_cpu, request.func_ram,
             request.func_gpu, job.owner, env, function))]
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from burla.coordinator.delivery import ResultStream
+from burla.coordinator.functions import SizedLru, agent_functions
 
 
 @dataclass
@@ -25,7 +26,8 @@ class Node:
     used_cpus: int = 0
     used_ram_gb: int = 0
     used_gpus: int = 0
-    functions: set[str] = field(default_factory=set)  # hashes this agent already holds
+    # The function hashes this agent holds, as the coordinator told it to keep them.
+    functions: SizedLru = field(default_factory=agent_functions)
     prefetch: int = 0  # chunks per slot the agent takes ahead of the running one (its Hello)
 
     def describe(self) -> str:

@@ -34,3 +34,29 @@ def test_a_big_function_crosses_to_each_agent_once(make_cluster):
         sent = function_bytes_assigned((made.root / f"{agent}.log").read_text())
         assert len(sent) == 2, f"{agent} was assigned {len(sent)} jobs, not both: {sent}"
         assert sent[0] > len(data) and sent[1] == 0, f"{agent} got function bytes {sent}"
+
+
+def closure_over(data: bytes):
+    def uses(x):
+        return len(data) + x
+
+    return uses
+
+
+def test_an_agent_keeps_old_functions_only_within_its_budget(make_cluster):
+    """Past AGENT_FUNCTION_BYTES the coordinator has the agent forget the least recently used
+    function; the next job with it ships it again and runs."""
+    from burla.coordinator.functions import AGENT_FUNCTION_BYTES
+
+    made = make_cluster(agents=1, cpus=2)
+    size = AGENT_FUNCTION_BYTES * 3 // 8  # three do not fit, two do
+    first, second, third = (closure_over(os.urandom(size)) for _ in range(3))
+    for function in (first, second, third, first):
+        assert remote_parallel_map(function, range(4), spinner=False) == [
+            size + x for x in range(4)]
+    log_text = (made.root / "agent0.log").read_text()
+    sent = function_bytes_assigned(log_text)
+    assert len(sent) == 4 and all(n > size for n in sent), f"function bytes per job: {sent}"
+    events = [json.loads(line) for line in log_text.splitlines() if line.startswith("{")]
+    assert [e["event"] for e in events if e.get("event") == "function_forgotten"] == [
+        "function_forgotten"] * 2  # the first one for the third, the second one for the first

@@ -345,3 +345,35 @@ def test_function_cache_is_bounded_but_keeps_live_jobs_functions(monkeypatch):
         if n < 2:
             s.cancel(f"job{n}", None, "done")
     assert list(s.functions) == ["h2"]  # the live job's function stays, old ones went
+
+
+def _submit_with(s: Scheduler, job_id: str, function_hash: str, size: int) -> list:
+    msg = submit(job_id, max_parallelism=1)  # one slot each: several run side by side
+    fields = {name: getattr(msg, name) for name in msg._header}
+    fields["function_hash"] = function_hash
+    return s.submit(CLIENT, "me", protocol.Submit(**fields, function=b"x" * size), NOW)
+
+
+def test_an_agent_is_told_to_forget_old_functions_but_never_a_live_jobs(monkeypatch):
+    from burla.coordinator import functions
+
+    monkeypatch.setattr(functions, "AGENT_FUNCTION_BYTES", 10)
+    s = scheduler()
+    s.add_node(b"agent-a", hello("a", cpus=4), NOW)
+    out = _submit_with(s, "job0", "h0", 6)
+    assert not sent(out, protocol.Forget)
+    out = _submit_with(s, "job1", "h1", 6)  # over budget, but job0 still runs with h0
+    assert not sent(out, protocol.Forget)
+    s.cancel("job0", None, "done")
+    s.cancel("job1", None, "done")
+    out = _submit_with(s, "job2", "h2", 6)
+    forgets = [m.function_hash for m in sent(out, protocol.Forget, b"agent-a")]
+    assert forgets == ["h0", "h1"]
+    # Forgotten before the Assign that brings the new bytes.
+    kinds = [type(m) for p, m in out if p == b"agent-a"]
+    assert kinds.index(protocol.Assign) > kinds.index(protocol.Forget)
+    assert sent(out, protocol.Assign)[0].function == b"x" * 6
+    s.cancel("job2", None, "done")
+    out = _submit_with(s, "job3", "h0", 6)  # a forgotten function travels again
+    assert sent(out, protocol.Assign)[0].function == b"x" * 6
+    assert [m.function_hash for m in sent(out, protocol.Forget)] == ["h2"]
