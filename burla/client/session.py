@@ -28,6 +28,7 @@ from burla.client.chunking import Chunker
 from burla.client.connections import CLOSE_LINGER_MS, CONNECTIONS
 from burla.client.ledger import Ledger
 from burla.client.results import decode_results, error_for
+from burla.client.waker import Waker
 from burla.config import PEER_TIMEOUT_SECONDS, PING_INTERVAL_SECONDS, ClusterAddress
 from burla.errors import ClusterUnreachable
 
@@ -81,40 +82,6 @@ class Batch:
         return runs
 
 
-class _Waker:
-    """Interrupts the job thread's poll from the caller's thread (a cancel, a leave). A pipe,
-    closed by the job thread as it ends, under a lock, so a late wake never writes to a closed
-    (or reused) fd. Cheaper than a socket pair, which a small job paid for in every call."""
-
-    def __init__(self) -> None:
-        self.read_fd, self._write_fd = os.pipe()
-        os.set_blocking(self.read_fd, False)
-        os.set_blocking(self._write_fd, False)
-        self._lock = threading.Lock()
-
-    def wake(self) -> None:
-        with self._lock:
-            if self._write_fd >= 0:
-                try:
-                    os.write(self._write_fd, b"\0")
-                except BlockingIOError:  # the pipe is full of wakes: it is awake already
-                    pass
-
-    def drain(self) -> None:
-        try:
-            while os.read(self.read_fd, 4096):
-                pass
-        except BlockingIOError:
-            pass
-
-    def close(self) -> None:
-        with self._lock:
-            if self._write_fd >= 0:
-                os.close(self.read_fd)
-                os.close(self._write_fd)
-                self._write_fd = -1
-
-
 class _Reconnect(Exception):
     """The connection is gone; start a new one (carries why, for the error if that fails)."""
 
@@ -157,7 +124,7 @@ class JobSession:
         self.events: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self.ledger = Ledger()
         self._ctx: zmq.Context[Any] = zmq.Context.instance()
-        self._waker: _Waker | None = None  # made by start(), closed by the job thread
+        self._waker: Waker | None = None  # made by start(), closed by the job thread
         self._cancel_reason: str | None = None
         self._consumed_seq = 0
         self._running: concurrent.futures.Future[None] | None = None
@@ -176,7 +143,7 @@ class JobSession:
     # --- the caller's side -----------------------------------------------------------------
 
     def start(self) -> None:
-        self._waker = _Waker()
+        self._waker = Waker()
         self._running = _IO_THREADS.submit(self._run)
 
     def _join(self, timeout: float) -> None:
