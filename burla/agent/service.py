@@ -309,6 +309,8 @@ class Agent:
     def on_executor_message(self, peer: bytes, msg: protocol.Message) -> None:
         executor = self.pool.executors.get(peer.decode("ascii", "replace"))
         if executor is None:
+            if isinstance(msg, protocol.Logs) and msg.job_id in self.jobs:
+                self.send_up(msg)  # last words of an executor whose end was handled first
             return
         if isinstance(msg, protocol.Results):
             self.on_results(executor, msg)

@@ -26,6 +26,8 @@ RESULT_FLUSH_SECONDS = 0.005
 LOG_BATCH_BYTES = 256 * 1024
 # Entries held while the agent link is congested before lines are dropped (and counted).
 MAX_PENDING_ENTRIES = 50_000
+# How long a process calling os._exit waits for its last output to leave.
+EXIT_FLUSH_SECONDS = 2.0
 
 
 class AgentLink:
@@ -45,6 +47,8 @@ class AgentLink:
         self._entries: list[list[object]] = []
         self._entries_since = 0.0
         self._stop = False
+        self._exiting = False  # os._exit was called: send what was captured, then stop
+        self._exit_flushed = threading.Event()
         # The runner sets `busy` for a chunk's length, and sends its batch once `due` is raised:
         # reading a flag per input costs less than reading the clock per input.
         self.busy = False
@@ -65,6 +69,14 @@ class AgentLink:
         self._runner_side.send(b"")  # wakes the thread; an empty frame means "stop"
         self._thread.join(timeout=2)
 
+    def flush_before_exit(self) -> None:
+        """Send every line captured so far and wait until it left: the process is about to end
+        without unwinding (os._exit, from any thread but this link's)."""
+        if not self._thread.is_alive() or threading.current_thread() is self._thread:
+            return
+        self._exiting = True  # the thread looks at least every LOG_FLUSH_SECONDS
+        self._exit_flushed.wait(EXIT_FLUSH_SECONDS)
+
     # --- the I/O thread ---------------------------------------------------------------------
 
     def _run(self) -> None:
@@ -74,7 +86,7 @@ class AgentLink:
         for fd in self.capture.read_fds:
             poller.register(fd, zmq.POLLIN)
         due_at = time.monotonic()
-        while not self._stop:
+        while not self._stop and not self._exiting:
             busy = self.busy
             timeout_ms = int((RESULT_FLUSH_SECONDS if busy else LOG_FLUSH_SECONDS) * 1000)
             ready = dict(poller.poll(timeout_ms))
@@ -96,10 +108,18 @@ class AgentLink:
                 self._forward_outgoing()
             if self._entries and time.monotonic() - self._entries_since >= LOG_FLUSH_SECONDS:
                 self._flush_logs()
+        if self._exiting:
+            self.capture.flush_python()
         self._gather(self.capture.read_all)
         self._flush_logs()
+        # Exiting, the last lines must reach the agent before the process ends: closing with a
+        # linger and terminating the context returns once they are on the wire.
+        linger = int(EXIT_FLUSH_SECONDS * 1000) if self._exiting else 0
         for sock in (self._agent, self._thread_side, self._runner_side):
-            sock.close(linger=0)
+            sock.close(linger=linger)
+        if self._exiting:
+            self.ctx.term()
+            self._exit_flushed.set()
 
     def _gather(self, read: Callable[[list[list[object]]], None]) -> None:
         """Run `read` to append captured entries; drop the oldest past MAX_PENDING_ENTRIES."""

@@ -17,7 +17,7 @@ import traceback
 from collections import OrderedDict
 from collections.abc import Callable
 from itertools import islice
-from typing import Any
+from typing import Any, NoReturn
 
 import cloudpickle
 from tblib import pickling_support
@@ -190,6 +190,21 @@ def _user_frames(tb: Any) -> Any:
     return tb.tb_next if tb is not None and tb.tb_next is not None else tb
 
 
+def flush_output_on_exit(link: AgentLink) -> None:
+    """Make os._exit in user code send the output captured so far before the process ends
+    (without this, lines printed right before it were lost with the process). A process the
+    user's code forked keeps the plain os._exit: it has no link."""
+    real_exit = os._exit
+    executor_pid = os.getpid()
+
+    def _exit(status: int) -> NoReturn:
+        if os.getpid() == executor_pid:
+            link.flush_before_exit()
+        real_exit(status)
+
+    os._exit = _exit
+
+
 def die_with_parent() -> None:
     """Ask the kernel to SIGKILL us when our parent (zygote, sandbox reaper or agent) dies."""
     try:
@@ -213,6 +228,7 @@ def main(endpoint: str, executor_id: str, parent: int | None = None) -> None:
     capture = Capture()
     link = AgentLink(endpoint, executor_id, capture)
     link.start()
+    flush_output_on_exit(link)
     link.send(protocol.Hello("executor", protocol.PROTOCOL_VERSION, "", "", executor_id,
                              {"pid": os.getpid()}))
     try:

@@ -114,3 +114,16 @@ def test_inputs_that_cannot_load_fail_with_why_and_the_cluster_goes_on(cluster) 
                for note in getattr(caught.value, "__notes__", []))
     assert remote_parallel_map(identity, [1, 2], spinner=False) == [1, 2]
     assert cluster.logs().count('"input_failed"') == given_up_before
+
+
+def print_then_exit(x: int) -> None:
+    print(f"last words of {x}")
+    os.write(1, f"and from fd 1 of {x}\n".encode())
+    os._exit(3)
+
+
+def test_output_printed_right_before_os_exit_still_arrives(cluster, capfd) -> None:
+    with pytest.raises(burla.NodeDisconnected):
+        remote_parallel_map(print_then_exit, [5], spinner=False)
+    out = capfd.readouterr().out
+    assert "last words of 5" in out and "and from fd 1 of 5" in out, out
