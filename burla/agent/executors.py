@@ -53,6 +53,7 @@ class Executor:
     exit_status: int | None = None  # exit code, or -signal; None when unknown
     exit_cause: str = ""  # why it ended when no exit status says it
     oom_killed: bool = False
+    crash_report: str = ""  # faulthandler's traceback, when a fatal signal ended it
     killed: bool = False  # the agent killed it
     requested_at: float = field(default_factory=time.monotonic)
 
@@ -149,11 +150,12 @@ class ExecutorPool:
             executor.killed = True
         self.forkserver.go(executor_id, not executor.killed)
 
-    def _exited(self, executor_id: str, status: int) -> None:
+    def _exited(self, executor_id: str, status: int, crash_report: str) -> None:
         executor = self.executors.get(executor_id)
         if executor is None:
             return
         executor.exit_status = os.waitstatus_to_exitcode(status)
+        executor.crash_report = crash_report
         if executor.exit_status == -signal.SIGKILL and not executor.killed:
             try:
                 executor.oom_killed = executor.cgroup.oom_kills() > 0

@@ -32,7 +32,7 @@ SEND_TIMEOUT_S = 5.0
 STOP_TIMEOUT_S = 5.0
 
 OnForked = Callable[[str, int], None]
-OnExited = Callable[[str, int], None]  # executor id, raw wait status
+OnExited = Callable[[str, int, str], None]  # executor id, raw wait status, crash report
 OnFailed = Callable[[str, str], None]
 
 
@@ -125,7 +125,7 @@ class ForkServer:
         if op == "forked":
             self.on_forked(str(msg["id"]), int(msg["pid"]))
         elif op == "exited":
-            self.on_exited(str(msg["id"]), int(msg["status"]))
+            self.on_exited(str(msg["id"]), int(msg["status"]), str(msg.get("crash", "")))
         elif op == "fork_failed":
             self.on_failed(str(msg["id"]), str(msg["error"]))
         elif op == "ready":

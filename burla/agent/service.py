@@ -385,6 +385,8 @@ class Agent:
         """
         done = executor.reported
         index = chunk.first_index + done
+        if executor.crash_report:  # where in the user's code it crashed, as that call's stderr
+            self.send_up(protocol.Logs.pack(job.job_id, [[index, 2, executor.crash_report]], 0))
         others = sum(1 for e in self.pool.executors.values() if e.job_id == job.job_id)
         if executor.oom_killed:
             now = time.monotonic()

@@ -8,6 +8,7 @@ as it is ready. This module runs user code and nothing else talks to it.
 from __future__ import annotations
 
 import ctypes
+import faulthandler
 import os
 import pickle
 import signal
@@ -214,16 +215,21 @@ def die_with_parent() -> None:
         pass
 
 
-def main(endpoint: str, executor_id: str, parent: int | None = None) -> None:
+def main(endpoint: str, executor_id: str, parent: int | None = None,
+         crash_fd: int | None = None) -> None:
     """Run an executor until the agent says Shutdown (or goes away).
 
     `parent` is the pid that must still be our parent once the death signal is armed (the
     zygote, or 1 inside a sandbox's pid namespace); None means the parent we started under.
+    `crash_fd` is where the Python traceback of a fatal signal (a segfault) goes: a pipe the
+    zygote reads once we are dead, so the user sees where the call crashed.
     """
     expected = os.getppid() if parent is None else parent
     die_with_parent()
     if os.getppid() != expected:  # the parent died before we could ask to follow it
         sys.exit(0)
+    if crash_fd is not None:
+        faulthandler.enable(file=crash_fd, all_threads=False)  # the crashing thread: small
     pickling_support.install()
     capture = Capture()
     link = AgentLink(endpoint, executor_id, capture)

@@ -12,7 +12,8 @@ The agent talks to it over one SOCK_SEQPACKET socket, one msgpack map per packet
                       {"op": "quit"}
     zygote -> agent   {"op": "ready", "pid"}
                       {"op": "forked", "id", "pid"}
-                      {"op": "exited", "id", "pid", "status"}   raw wait status
+                      {"op": "exited", "id", "pid", "status", "crash"}   raw wait status, and
+                                    what faulthandler wrote if it died of a fatal signal
                       {"op": "fork_failed", "id", "error"}
 """
 
@@ -36,6 +37,8 @@ import msgpack
 SETUP_FAILED_EXIT = 125
 # Largest control packet; a fork request holds the job environment and the sandbox spec.
 MAX_PACKET_BYTES = 1 << 20
+# Most of an executor's crash report (faulthandler's traceback) passed on to the agent.
+MAX_CRASH_REPORT_BYTES = 32 * 1024
 _PR_SET_PDEATHSIG = 1
 _PR_SET_NAME = 15
 
@@ -83,6 +86,7 @@ class Zygote:
         self.agent_gone = False
         self.children: dict[int, str] = {}  # pid -> executor id
         self.go_fds: dict[str, int] = {}  # executor id -> write end of its go pipe
+        self.crash_fds: dict[int, int] = {}  # pid -> read end of its crash report pipe
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_r, False)
         os.set_blocking(self.wake_w, False)
@@ -129,19 +133,24 @@ class Zygote:
     def fork(self, msg: dict[str, Any]) -> None:
         executor_id = str(msg["id"])
         go_r, go_w = os.pipe()
+        crash_r, crash_w = os.pipe()  # faulthandler writes here; it outlives the child
         try:
             pid = os.fork()
         except OSError as e:
-            os.close(go_r)
-            os.close(go_w)
+            for fd in (go_r, go_w, crash_r, crash_w):
+                os.close(fd)
             self.send({"op": "fork_failed", "id": executor_id, "error": str(e)})
             return
         if pid == 0:
             os.close(go_w)
-            _child(msg, go_r, self.sock.detach())
+            os.close(crash_r)
+            _child(msg, go_r, crash_w, self.sock.detach())
         os.close(go_r)
+        os.close(crash_w)
+        os.set_blocking(crash_r, False)
         self.children[pid] = executor_id
         self.go_fds[executor_id] = go_w
+        self.crash_fds[pid] = crash_r
         self.send({"op": "forked", "id": executor_id, "pid": pid})
 
     def go(self, executor_id: str, ok: bool) -> None:
@@ -173,7 +182,9 @@ class Zygote:
             fd = self.go_fds.pop(executor_id, None)
             if fd is not None:
                 os.close(fd)
-            self.send({"op": "exited", "id": executor_id, "pid": pid, "status": status})
+            crash = _read_crash_report(self.crash_fds.pop(pid, -1))
+            self.send({"op": "exited", "id": executor_id, "pid": pid, "status": status,
+                       "crash": crash})
 
     def stop(self) -> None:
         for pid in list(self.children):
@@ -188,7 +199,42 @@ class Zygote:
                 pass
 
 
-def _child(msg: dict[str, Any], go_r: int, control_fd: int) -> NoReturn:
+def _read_crash_report(fd: int) -> str:
+    """What the dead child's faulthandler wrote (usually nothing); closes `fd`."""
+    if fd < 0:
+        return ""
+    data = b""
+    try:
+        while len(data) < MAX_CRASH_REPORT_BYTES:
+            piece = os.read(fd, MAX_CRASH_REPORT_BYTES)
+            if not piece:
+                break
+            data += piece
+    except BlockingIOError:  # all of it was written before the child died
+        pass
+    finally:
+        os.close(fd)
+    return without_runtime_frames(data[:MAX_CRASH_REPORT_BYTES].decode("utf-8", "replace"))
+
+
+def without_runtime_frames(report: str) -> str:
+    """faulthandler's report without the frames below the user's call (the executor's runner,
+    this zygote, the interpreter's start-up), as a remote exception's traceback leaves them."""
+    runtime = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    kept = []
+    below_user_code = False
+    for line in report.splitlines(keepends=True):
+        if line.startswith('  File "'):
+            below_user_code = below_user_code or runtime in line or "<frozen runpy>" in line
+            if below_user_code:
+                continue
+        else:
+            below_user_code = False
+        kept.append(line)
+    return "".join(kept)
+
+
+def _child(msg: dict[str, Any], go_r: int, crash_w: int, control_fd: int) -> NoReturn:
     """In the fork: wait to be placed in the cgroup, then (sandbox and) run the executor."""
     code = SETUP_FAILED_EXIT
     try:
@@ -202,8 +248,10 @@ def _child(msg: dict[str, Any], go_r: int, control_fd: int) -> NoReturn:
             os._exit(code)
         set_process_name(b"burla-exec")
         os.close(control_fd)
-        os.closerange(3, go_r)
-        os.closerange(go_r + 1, os.sysconf("SC_OPEN_MAX"))
+        low, high = sorted((go_r, crash_w))
+        os.closerange(3, low)
+        os.closerange(low + 1, high)
+        os.closerange(high + 1, os.sysconf("SC_OPEN_MAX"))
         if os.read(go_r, 1) != b"1":  # the agent could not place us in our cgroup
             os._exit(code)
         os.close(go_r)
@@ -223,7 +271,7 @@ def _child(msg: dict[str, Any], go_r: int, control_fd: int) -> NoReturn:
         from burla.exec.runner import main
 
         code = 1
-        main(str(msg["endpoint"]), str(msg["id"]), parent=parent)
+        main(str(msg["endpoint"]), str(msg["id"]), parent=parent, crash_fd=crash_w)
         code = 0
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)

@@ -127,3 +127,11 @@ def test_output_printed_right_before_os_exit_still_arrives(cluster, capfd) -> No
         remote_parallel_map(print_then_exit, [5], spinner=False)
     out = capfd.readouterr().out
     assert "last words of 5" in out and "and from fd 1 of 5" in out, out
+
+
+def test_a_segfault_shows_where_the_call_crashed(cluster, capfd) -> None:
+    with pytest.raises(burla.NodeDisconnected, match="SIGSEGV"):
+        remote_parallel_map(crash, ["segfault"], spinner=False)
+    err = capfd.readouterr().err
+    assert "Fatal Python error: Segmentation fault" in err, err
+    assert 'in crash' in err and "test_executors_crashes.py" in err, err

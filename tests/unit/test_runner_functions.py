@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 from types import SimpleNamespace
 from typing import Any
@@ -46,3 +47,21 @@ def test_a_big_function_is_dropped_before_the_next_one_loads(monkeypatch):
     assert list(r.functions) == ["other"] and r.function(1) == 3
     r.load(protocol.Load("job-again", "other", {}, b""))  # cached: no bytes needed
     assert r.function(1) == 3 and r.job_id == "job-again"
+
+
+def test_a_crash_report_keeps_the_users_frames_only() -> None:
+    from burla.exec import zygote
+
+    runtime = os.path.dirname(zygote.__file__)
+    report = (
+        "Fatal Python error: Segmentation fault\n\nStack (most recent call first):\n"
+        '  File "/usr/lib/python3.11/ctypes/__init__.py", line 519 in string_at\n'
+        '  File "/home/me/job.py", line 5 in crash\n'
+        f'  File "{runtime}/runner.py", line 155 in run_chunk\n'
+        f'  File "{runtime}/zygote.py", line 257 in _child\n'
+        '  File "<frozen runpy>", line 88 in _run_code\n'
+        "\nExtension modules: msgpack._cmsgpack (total: 1)\n"
+    )
+    kept = zygote.without_runtime_frames(report)
+    assert "in crash" in kept and "in string_at" in kept and "Extension modules" in kept
+    assert "run_chunk" not in kept and "_child" not in kept and "runpy" not in kept
