@@ -19,7 +19,9 @@ The agent talks to it over one SOCK_SEQPACKET socket, one msgpack map per packet
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import fcntl
 import os
 import resource
 import select
@@ -37,8 +39,10 @@ import msgpack
 SETUP_FAILED_EXIT = 125
 # Largest control packet; a fork request holds the job environment and the sandbox spec.
 MAX_PACKET_BYTES = 1 << 20
-# Most of an executor's crash report (faulthandler's traceback) passed on to the agent.
+# Most of an executor's crash report (faulthandler's traceback) passed on to the agent, and
+# the pipe it is written into.
 MAX_CRASH_REPORT_BYTES = 32 * 1024
+CRASH_PIPE_BYTES = 256 * 1024
 _PR_SET_PDEATHSIG = 1
 _PR_SET_NAME = 15
 
@@ -134,6 +138,7 @@ class Zygote:
         executor_id = str(msg["id"])
         go_r, go_w = os.pipe()
         crash_r, crash_w = os.pipe()  # faulthandler writes here; it outlives the child
+        _never_block(crash_w)
         try:
             pid = os.fork()
         except OSError as e:
@@ -197,6 +202,14 @@ class Zygote:
                 os.waitpid(pid, 0)
             except ChildProcessError:
                 pass
+
+
+def _never_block(crash_w: int) -> None:
+    """A crash report must never hang a dying process: room for the longest one faulthandler
+    writes (100 frames), and a full pipe drops the rest instead of blocking."""
+    with contextlib.suppress(OSError):  # an older kernel: the default 64 KiB
+        fcntl.fcntl(crash_w, fcntl.F_SETPIPE_SZ, CRASH_PIPE_BYTES)
+    os.set_blocking(crash_w, False)
 
 
 def _read_crash_report(fd: int) -> str:

@@ -65,3 +65,19 @@ def test_a_crash_report_keeps_the_users_frames_only() -> None:
     kept = zygote.without_runtime_frames(report)
     assert "in crash" in kept and "in string_at" in kept and "Extension modules" in kept
     assert "run_chunk" not in kept and "_child" not in kept and "runpy" not in kept
+
+
+def test_a_crash_report_pipe_never_blocks_its_writer() -> None:
+    from burla.exec import zygote
+
+    read_fd, write_fd = os.pipe()
+    try:
+        zygote._never_block(write_fd)
+        written = 0
+        with pytest.raises(BlockingIOError):  # full: the writer is told, not stopped
+            while written < 64 << 20:
+                written += os.write(write_fd, b"x" * 65536)
+        assert written >= 64 * 1024  # at least a default pipe's worth fits
+    finally:
+        os.close(read_fd)
+        os.close(write_fd)
