@@ -4,7 +4,7 @@ of what each agent holds (it alone tells an agent to forget one). Never unpickle
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterator, Set
+from collections.abc import Callable, Iterator, Set
 from typing import Any
 
 # Pickled functions kept for later jobs; the least recently used beyond this go (a job that
@@ -36,23 +36,22 @@ class SizedLru:
     def __iter__(self) -> Iterator[str]:
         return iter(self._sizes)
 
-    @property
-    def over_budget(self) -> bool:
-        return self._total > self.budget
-
     def add(self, function_hash: str, size: int) -> None:
         self._total += size - self._sizes.get(function_hash, 0)
         self._sizes[function_hash] = size
 
-    def touch(self, function_hash: str, live: Set[str]) -> list[str]:
-        """Mark `function_hash` just used; drop and return the least recent not in `live`
-        while over the budget."""
+    def touch(self, function_hash: str, live: Callable[[], Set[str]]) -> list[str]:
+        """Mark `function_hash` just used; while over the budget, drop and return the least
+        recent hashes not in `live()` (asked only then: it walks every job)."""
         self._sizes.move_to_end(function_hash)
+        if self._total <= self.budget:
+            return []
+        keep = live()
         dropped = []
         for old in list(self._sizes):
             if self._total <= self.budget:
                 break
-            if old not in live and old != function_hash:
+            if old not in keep and old != function_hash:
                 self._total -= self._sizes.pop(old)
                 dropped.append(old)
         return dropped
@@ -83,7 +82,7 @@ class FunctionCache:
         self._blobs[function_hash] = blob
         self._order.add(function_hash, nbytes(blob))
 
-    def touch(self, function_hash: str, live: Set[str]) -> None:
-        """Mark `function_hash` just used, and drop the least recent not in `live` if over."""
+    def touch(self, function_hash: str, live: Callable[[], Set[str]]) -> None:
+        """Mark `function_hash` just used, and drop the least recent not in `live()` if over."""
         for old in self._order.touch(function_hash, live):
             del self._blobs[old]

@@ -94,6 +94,11 @@ class Scheduler:
 
     # --- jobs ---------------------------------------------------------------------------------
 
+    def live_functions(self, agent_id: str | None = None) -> set[str]:
+        """Function hashes of the jobs on the cluster (of those with slots on `agent_id`)."""
+        return {j.function_hash for j in self.jobs.values()
+                if agent_id is None or agent_id in j.allocations}
+
     def job_token(self, job_id: str) -> str:
         return hmac.new(self.secret, job_id.encode(), hashlib.sha256).hexdigest()
 
@@ -111,7 +116,7 @@ class Scheduler:
             self.functions.put(msg.function_hash, msg.function)
         elif msg.function_hash not in self.functions:
             return [(peer, protocol.NeedFunction(msg.job_id))]
-        self.functions.touch(msg.function_hash, {j.function_hash for j in self.jobs.values()})
+        self.functions.touch(msg.function_hash, self.live_functions)
         if not self.nodes:
             return [(peer, protocol.Refuse(
                 "no_nodes",
@@ -237,12 +242,10 @@ class Scheduler:
         if job.function_hash not in node.functions:
             function = self.functions[job.function_hash]
             node.functions.add(job.function_hash, nbytes(function))
-        live = set()
-        if node.functions.over_budget:
-            live = {j.function_hash for j in self.jobs.values() if node.agent_id in j.allocations}
         # Forgotten before the new bytes arrive, so the agent does not hold both at once.
-        out: Out = [(node.peer, protocol.Forget(old))
-                    for old in node.functions.touch(job.function_hash, live)]
+        forgotten = node.functions.touch(job.function_hash,
+                                         lambda: self.live_functions(node.agent_id))
+        out: Out = [(node.peer, protocol.Forget(old)) for old in forgotten]
         env = {"BURLA_API_KEY": job.token, "BURLA_PARENT_JOB": job.job_id}
         return out + [(node.peer, protocol.Assign(
             job.job_id, job.function_hash, slots, request.func_cpu, request.func_ram,
