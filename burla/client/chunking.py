@@ -152,12 +152,10 @@ class Chunker:
     def _least_inputs(self, remaining: int) -> int:
         """Inputs that make MIN_CHUNK_SECONDS of work, from the timings so far (1: unknown)."""
         if self._timed_inputs:
-            ns_per_call = self._timed_ns / self._timed_inputs
-        elif self._remembered_ns is not None:  # a guess: at most an even split of what is left
+            return _inputs_for_least_work(self._timed_ns / self._timed_inputs)
+        if self._remembered_ns is not None:  # a guess: at most an even split of what is left
             return min(_inputs_for_least_work(self._remembered_ns), -(-remaining // self.slots))
-        else:
-            return 1
-        return _inputs_for_least_work(ns_per_call)
+        return 1
 
     def done(self) -> bool:
         self._fill()

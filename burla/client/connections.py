@@ -37,6 +37,11 @@ class Kept:
     used_at: float  # time.monotonic() of its last job's end
 
 
+def new_connection(ctx: zmq.Context[Any], endpoint: str) -> zmq.Socket[Any]:
+    """A fresh connection to `endpoint`, under a routing id of its own."""
+    return transport.dealer_socket(ctx, endpoint, f"client-{uuid.uuid4().hex}".encode())
+
+
 class ConnectionPool:
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -54,8 +59,7 @@ class ConnectionPool:
             idle = self._idle.get(endpoint)
             kept = idle.pop() if idle else None
         if kept is None:
-            sock = transport.dealer_socket(ctx, endpoint, f"client-{uuid.uuid4().hex}".encode())
-            return sock, False
+            return new_connection(ctx, endpoint), False
         while kept.sock.poll(0):  # the previous job's last words: not for the next job
             kept.sock.recv_multipart()
         welcomed = kept.token == token and time.monotonic() - kept.used_at < WELCOMED_SECONDS

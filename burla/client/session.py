@@ -14,7 +14,6 @@ import os
 import queue
 import threading
 import time
-import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ import zmq
 from burla import __version__, protocol, transport
 from burla.client import local_cluster
 from burla.client.chunking import Chunker
-from burla.client.connections import CLOSE_LINGER_MS, CONNECTIONS
+from burla.client.connections import CLOSE_LINGER_MS, CONNECTIONS, new_connection
 from burla.client.ledger import Ledger
 from burla.client.results import decode_results, error_for
 from burla.client.waker import Waker
@@ -200,8 +199,7 @@ class JobSession:
             if first:
                 sock, welcomed = CONNECTIONS.take(self._ctx, endpoint, token)
             else:  # after a lost connection, a fresh one: a kept one may be what went wrong
-                sock, welcomed = transport.dealer_socket(
-                    self._ctx, endpoint, f"client-{uuid.uuid4().hex}".encode()), False
+                sock, welcomed = new_connection(self._ctx, endpoint), False
             self._ended_cleanly = False
             try:
                 self._serve(sock, first, welcomed)
