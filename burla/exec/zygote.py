@@ -137,8 +137,7 @@ class Zygote:
     def fork(self, msg: dict[str, Any]) -> None:
         executor_id = str(msg["id"])
         go_r, go_w = os.pipe()
-        crash_r, crash_w = os.pipe()  # faulthandler writes here; it outlives the child
-        _never_block(crash_w)
+        crash_r, crash_w = crash_pipe()
         try:
             pid = os.fork()
         except OSError as e:
@@ -152,7 +151,6 @@ class Zygote:
             _child(msg, go_r, crash_w, self.sock.detach())
         os.close(go_r)
         os.close(crash_w)
-        os.set_blocking(crash_r, False)
         self.children[pid] = executor_id
         self.go_fds[executor_id] = go_w
         self.crash_fds[pid] = crash_r
@@ -204,30 +202,30 @@ class Zygote:
                 pass
 
 
-def _never_block(crash_w: int) -> None:
-    """A crash report must never hang a dying process: room for the longest one faulthandler
-    writes (100 frames), and a full pipe drops the rest instead of blocking."""
+def crash_pipe() -> tuple[int, int]:
+    """The pipe a child's faulthandler writes into and the zygote reads once the child is dead.
+    Neither end blocks: a dying process must never hang on its report (room for the longest
+    one faulthandler writes, 100 frames; a full pipe drops the rest), nor the zygote on an
+    empty pipe."""
+    read_fd, write_fd = os.pipe()
     with contextlib.suppress(OSError):  # an older kernel: the default 64 KiB
-        fcntl.fcntl(crash_w, fcntl.F_SETPIPE_SZ, CRASH_PIPE_BYTES)
-    os.set_blocking(crash_w, False)
+        fcntl.fcntl(write_fd, fcntl.F_SETPIPE_SZ, CRASH_PIPE_BYTES)
+    os.set_blocking(read_fd, False)
+    os.set_blocking(write_fd, False)
+    return read_fd, write_fd
 
 
 def _read_crash_report(fd: int) -> str:
     """What the dead child's faulthandler wrote (usually nothing); closes `fd`."""
     if fd < 0:
         return ""
-    data = b""
-    try:
-        while len(data) < MAX_CRASH_REPORT_BYTES:
-            piece = os.read(fd, MAX_CRASH_REPORT_BYTES)
-            if not piece:
-                break
-            data += piece
-    except BlockingIOError:  # all of it was written before the child died
-        pass
+    try:  # one read takes all a pipe holds, up to the limit
+        data = os.read(fd, MAX_CRASH_REPORT_BYTES)
+    except BlockingIOError:  # nothing was written
+        data = b""
     finally:
         os.close(fd)
-    return without_runtime_frames(data[:MAX_CRASH_REPORT_BYTES].decode("utf-8", "replace"))
+    return without_runtime_frames(data.decode("utf-8", "replace"))
 
 
 def without_runtime_frames(report: str) -> str:
