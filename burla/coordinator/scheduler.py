@@ -20,7 +20,7 @@ from burla.config import PEER_TIMEOUT_SECONDS
 from burla.coordinator import placement
 from burla.coordinator.delivery import ResultStream
 from burla.coordinator.functions import FunctionCache, nbytes
-from burla.coordinator.jobstore import JobStore, StoredJob
+from burla.coordinator.jobstore import JobStore
 from burla.coordinator.state import ChunkState, Job, Node, Request
 
 log = structlog.get_logger("burla.coordinator")
@@ -179,28 +179,14 @@ class Scheduler:
             if stored.canceled:
                 self.store.delete_job(stored.job_id)
                 continue
-            self.jobs[stored.job_id] = self._restored_job(stored, now)
+            function = self.store.function(stored.function_hash)
+            if function is not None:
+                self.functions.put(stored.function_hash, function)
+            self.jobs[stored.job_id] = Job.restored(stored, self.job_token(stored.job_id),
+                                                    self.epoch, now)
             self.queued.append(stored.job_id)
             log.info("job_restored", job=stored.job_id, chunks=len(stored.chunks),
                      done=stored.done)
-
-    def _restored_job(self, stored: StoredJob, now: float) -> Job:
-        function = self.store.function(stored.function_hash)
-        if function is not None:
-            self.functions.put(stored.function_hash, function)
-        job = Job(
-            stored.job_id, stored.owner, stored.function_hash, stored.function_name,
-            Request(**stored.request), stored.max_parallelism, True, stored.parent_job,
-            self.job_token(stored.job_id), now, now, ResultStream(stored.job_id, b""),
-            total=stored.total, inputs_done=stored.inputs_done, done=stored.done,
-        )
-        for chunk_id, first, count, reported in stored.chunks:
-            job.pending.append(ChunkState(chunk_id, first, count, None, attempt=self.epoch,
-                                          reported=reported, credited=True))
-            job.seen_chunks.add(first)
-            job.next_chunk_id = max(job.next_chunk_id, chunk_id + 1)
-        job.uploaded = job.total or 0
-        return job
 
     def allocate(self, job: Job, *, report: bool = True) -> Out:
         """Give `job` free slots up to its cap; nested jobs borrow one slot when none are free.

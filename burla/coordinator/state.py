@@ -8,6 +8,7 @@ from typing import Any
 
 from burla.coordinator.delivery import ResultStream
 from burla.coordinator.functions import SizedLru, agent_functions
+from burla.coordinator.jobstore import StoredJob
 
 
 @dataclass
@@ -117,6 +118,24 @@ class Job:
     @property
     def slots(self) -> int:
         return sum(self.allocations.values())
+
+    @classmethod
+    def restored(cls, stored: StoredJob, token: str, attempt: int, now: float) -> Job:
+        """A detached job as a previous coordinator left it in the store: its unfinished
+        chunks pending (their data stays in the store), as attempt `attempt`."""
+        job = cls(
+            stored.job_id, stored.owner, stored.function_hash, stored.function_name,
+            Request(**stored.request), stored.max_parallelism, True, stored.parent_job,
+            token, now, now, ResultStream(stored.job_id, b""),
+            total=stored.total, inputs_done=stored.inputs_done, done=stored.done,
+        )
+        for chunk_id, first, count, reported in stored.chunks:
+            job.pending.append(ChunkState(chunk_id, first, count, None, attempt=attempt,
+                                          reported=reported, credited=True))
+            job.seen_chunks.add(first)
+            job.next_chunk_id = max(job.next_chunk_id, chunk_id + 1)
+        job.uploaded = job.total or 0
+        return job
 
     @property
     def uploads_over(self) -> bool:
