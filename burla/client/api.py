@@ -15,6 +15,7 @@ from typing import Any
 
 import cloudpickle
 
+from burla import pickling
 from burla.client import local_cluster
 from burla.client.chunking import Chunker
 from burla.client.results import mark_remote
@@ -145,7 +146,7 @@ def _pickle_function(function_: Callable[..., Any], name: str) -> tuple[bytes, s
         cloudpickle.register_pickle_by_value(module)
     pieces = _Pieces()
     try:
-        cloudpickle.Pickler(pieces, protocol=pickle.HIGHEST_PROTOCOL).dump(function_)
+        pickling.Pickler(pieces, protocol=pickle.HIGHEST_PROTOCOL).dump(function_)
     except Exception as exc:
         raise TypeError(f"function {name} cannot be pickled to send it to the cluster: "
                         f"{exc}") from exc

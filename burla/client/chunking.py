@@ -23,8 +23,7 @@ from collections.abc import Iterable, Iterator
 from itertools import islice
 from typing import Any
 
-import cloudpickle
-
+from burla import pickling
 from burla.config import MAX_INPUT_BYTES
 from burla.errors import InputTooBig
 
@@ -84,7 +83,7 @@ def dumps(value: Any) -> bytes:
     try:
         return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
     except Exception:  # lambdas, local classes, closures: cloudpickle handles them
-        return cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+        return pickling.dumps(value)
 
 
 class Chunker:
