@@ -1,5 +1,5 @@
 """`python -m burla` is the `burla` command."""
 
-from burla.cli import main
+from burla.command import main
 
 main()

@@ -1,19 +1,14 @@
-"""The one command-line app: the three daemons, the embedded cluster, and status for people.
+"""The command-line app for people: the embedded cluster, status, jobs.
 
-Each daemon command builds its role's frozen config from flags and calls that role's
-`service.run(config)` under uvloop; nothing else in burla calls `asyncio.run`.
+The daemons (`coordinator`, `agent`, `exec`) are listed here but parsed by `burla/daemon_cli.py`,
+so that they start without loading this app.
 """
 
 from __future__ import annotations
 
-import json
-import os
-from collections.abc import Coroutine
-from pathlib import Path
-from typing import Any
-
 import typer
 
+from burla import daemon_cli
 from burla.jobs_cli import jobs_app
 
 app = typer.Typer(help="burla: run any Python function on many computers at once.",
@@ -24,123 +19,20 @@ app.add_typer(local_app, name="local")
 app.add_typer(jobs_app, name="jobs")
 
 
-def _read_token(token: str | None, token_file: Path | None) -> str:
-    if token:
-        return token
-    if token_file is None:
-        raise typer.BadParameter("give --token or --token-file")
-    text = token_file.read_text().strip()
-    return str(json.loads(text)["token"]) if text.startswith("{") else text
+def _forward_to_daemon(name: str) -> None:
+    """List a daemon in `burla --help`; `burla.command` sends the daemon's own runs to
+    `daemon_cli` before this app is loaded, so this runs only when the app is called directly."""
+
+    def forward(ctx: typer.Context) -> None:
+        daemon_cli.main([name, *ctx.args])
+
+    app.command(name, help=daemon_cli.SUMMARIES[name], add_help_option=False,
+                context_settings={"allow_extra_args": True,
+                                  "ignore_unknown_options": True})(forward)
 
 
-def _without_rich() -> None:
-    """Daemons never draw on a terminal; without rich, structlog skips its rich tracebacks
-    (pygments and all), which was most of a daemon's start-up. Executors keep rich for users."""
-    import sys
-
-    sys.modules.setdefault("rich", None)  # type: ignore[arg-type]
-
-
-def _serve(role: str, log_level: str, main: Coroutine[Any, Any, None]) -> None:
-    import asyncio
-
-    import uvloop
-
-    from burla import logs
-
-    logs.configure(role, log_level)
-    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    asyncio.run(main)
-
-
-@app.command()
-def coordinator(
-    endpoint: str = typer.Option("tcp://0.0.0.0:7700", help="Where to listen (port 0 picks one)."),
-    state_dir: Path = typer.Option(..., help="Directory for the job store and keys."),
-    token: str = typer.Option(None, help="Cluster token (prefer --token-file)."),
-    token_file: Path = typer.Option(None, help="File holding the cluster token."),
-    idle_timeout: float = typer.Option(0.0, help="Stop after this many idle seconds; 0: never."),
-    log_level: str = typer.Option("info", help="debug, info, warning or error."),
-) -> None:
-    """Run the coordinator: accepts jobs, schedules slots, relays results."""
-    _without_rich()
-    from burla.coordinator import service
-    from burla.coordinator.config import CoordinatorConfig
-
-    secret = _read_token(token, token_file)
-    owner = service.default_owner()
-    state_dir.mkdir(parents=True, exist_ok=True)
-    config = CoordinatorConfig(endpoint, state_dir, secret, {secret: owner}, owner, idle_timeout)
-    _serve("coordinator", log_level, service.run(config))
-
-
-@app.command()
-def agent(
-    coordinator: str = typer.Option(..., help="Coordinator endpoint, e.g. tcp://10.0.0.2:7700."),
-    state_dir: Path = typer.Option(..., help="Directory for the agent's state."),
-    token: str = typer.Option(None, help="Cluster token (prefer --token-file)."),
-    token_file: Path = typer.Option(None, help="File holding the cluster token."),
-    agent_id: str = typer.Option("", help="Name of this node; default: host name + pid."),
-    cpus: int = typer.Option(0, help="CPUs to offer; 0: all of this machine's."),
-    ram_gb: int = typer.Option(0, help="RAM to offer in GB; 0: all of this machine's."),
-    image: str = typer.Option("", help="Container image this node runs."),
-    fake_gpus: str = typer.Option("", help="Declare a fake GPU inventory, e.g. A100_40G:2."),
-    warm: int = typer.Option(-1, help="Executors to start ahead of jobs; -1: one per CPU."),
-    orphan_timeout: float = typer.Option(0.0, help="Stop after this long with no coordinator."),
-    sandbox: bool = typer.Option(
-        False, "--sandbox/--no-sandbox",
-        help="Run executors in namespaces as an unprivileged uid (needs root; cluster nodes).",
-    ),
-    memory_budget_gb: float = typer.Option(
-        0.0, help="Memory all func_ram='dynamic' calls share; 0: RAM less a 10% reserve."
-    ),
-    cgroups: str = typer.Option("auto", help="Cgroup backend: auto, v1, v2 or none."),
-    log_level: str = typer.Option("info", help="debug, info, warning or error."),
-) -> None:
-    """Run an agent: offers this machine's CPUs, runs calls in executors."""
-    _without_rich()
-    import platform
-
-    from burla.agent import service
-    from burla.agent.config import AgentConfig
-
-    state_dir.mkdir(parents=True, exist_ok=True)
-    overrides: dict[str, Any] = {"agent_id": agent_id or f"{platform.node()}-{os.getpid()}"}
-    if cpus:
-        overrides["cpus"] = cpus
-    if ram_gb:
-        overrides["ram_gb"] = ram_gb
-    if memory_budget_gb:
-        overrides["memory_budget_bytes"] = int(memory_budget_gb * 2**30)
-    config = AgentConfig(
-        coordinator=coordinator, token=_read_token(token, token_file), state_dir=state_dir,
-        image=image, fake_gpus=fake_gpus, warm_executors=warm, orphan_timeout=orphan_timeout,
-        token_file=token_file, sandbox=sandbox, cgroups=cgroups, **overrides,
-    )
-    _serve("agent", log_level, service.run(config))
-
-
-@app.command("exec")
-def exec_(
-    endpoint: str = typer.Option("", help="The agent's executor endpoint."),
-    id: str = typer.Option("", help="Executor id the agent gave."),
-    zygote: bool = typer.Option(False, help="Serve executor forks for the agent instead."),
-    control_fd: int = typer.Option(3, help="The zygote's socket to the agent."),
-    cgroup_root: list[str] = typer.Option(
-        [], help="The agent's cgroup root, removed by the zygote if the agent dies."
-    ),
-) -> None:
-    """Run one executor, or the agent's zygote (agents start these themselves)."""
-    if zygote:
-        from burla.exec.zygote import serve
-
-        serve(control_fd, cgroup_root)
-        return
-    if not endpoint or not id:
-        raise typer.BadParameter("--endpoint and --id are required without --zygote")
-    from burla.exec.runner import main
-
-    main(endpoint, id)
+for _daemon in daemon_cli.SUMMARIES:
+    _forward_to_daemon(_daemon)
 
 
 @local_app.command("up")
@@ -191,11 +83,3 @@ def status() -> None:
         total = "?" if job["total"] is None else job["total"]
         typer.echo(f"  job {job['job_id']} {job['function']}: {job['done']}/{total} done, "
                    f"{job['slots']} slots")
-
-
-def main() -> None:
-    app()
-
-
-if __name__ == "__main__":
-    main()

@@ -1,0 +1,193 @@
+"""The daemons' command lines (`burla coordinator`, `burla agent`, `burla exec`), on argparse.
+
+A daemon starts through here, never through the typer app of `burla/cli.py`: typer 0.29 builds
+pydantic validators for every option and imports rich's help rendering, about 0.3 s of every
+daemon's start that a process nobody types into has no use for. Each command builds its role's
+frozen config from the flags and calls that role's `service.run(config)` under uvloop; nothing
+else in burla calls `asyncio.run`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any
+
+# The `burla` subcommands served here; `burla --help` lists them with these lines.
+SUMMARIES = {
+    "coordinator": "Run the coordinator: accepts jobs, schedules slots, relays results.",
+    "agent": "Run an agent: offers this machine's CPUs, runs calls in executors.",
+    "exec": "Run one executor, or the agent's zygote (agents start these themselves).",
+}
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def main(argv: list[str]) -> None:
+    """Parse `argv` (the subcommand first) and run that daemon."""
+    args = parser().parse_args(argv)
+    args.run(args)
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="burla")
+    commands = top.add_subparsers(required=True, metavar="{coordinator,agent,exec}")
+    _coordinator_parser(commands)
+    _agent_parser(commands)
+    _exec_parser(commands)
+    return top
+
+
+def _add_token_options(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--token", help="cluster token (prefer --token-file)")
+    command.add_argument("--token-file", type=Path, help="file holding the cluster token")
+
+
+def _add_log_level(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--log-level", default="info", type=str.lower, choices=LOG_LEVELS,
+                         help="how much the daemon logs")
+
+
+def _coordinator_parser(commands: Any) -> None:
+    command = commands.add_parser("coordinator", help=SUMMARIES["coordinator"],
+                                  description=SUMMARIES["coordinator"])
+    command.add_argument("--endpoint", default="tcp://0.0.0.0:7700",
+                         help="where to listen (port 0 picks one)")
+    command.add_argument("--state-dir", type=Path, required=True,
+                         help="directory for the job store and keys")
+    _add_token_options(command)
+    command.add_argument("--idle-timeout", type=float, default=0.0,
+                         help="stop after this many idle seconds; 0: never")
+    _add_log_level(command)
+    command.set_defaults(run=_run_coordinator)
+
+
+def _agent_parser(commands: Any) -> None:
+    command = commands.add_parser("agent", help=SUMMARIES["agent"],
+                                  description=SUMMARIES["agent"])
+    command.add_argument("--coordinator", required=True,
+                         help="coordinator endpoint, e.g. tcp://10.0.0.2:7700")
+    command.add_argument("--state-dir", type=Path, required=True,
+                         help="directory for the agent's state")
+    _add_token_options(command)
+    command.add_argument("--agent-id", default="",
+                         help="name of this node; default: host name + pid")
+    command.add_argument("--cpus", type=int, default=0,
+                         help="CPUs to offer; 0: all of this machine's")
+    command.add_argument("--ram-gb", type=int, default=0,
+                         help="RAM to offer in GB; 0: all of this machine's")
+    command.add_argument("--image", default="", help="container image this node runs")
+    command.add_argument("--fake-gpus", default="",
+                         help="declare a fake GPU inventory, e.g. A100_40G:2")
+    command.add_argument("--warm", type=int, default=-1,
+                         help="executors to start ahead of jobs; -1: one per CPU")
+    command.add_argument("--orphan-timeout", type=float, default=0.0,
+                         help="stop after this many seconds with no coordinator; 0: never")
+    command.add_argument("--sandbox", action=argparse.BooleanOptionalAction, default=False,
+                         help="run executors in namespaces as an unprivileged uid "
+                              "(needs root; cluster nodes)")
+    command.add_argument("--memory-budget-gb", type=float, default=0.0,
+                         help="memory all func_ram='dynamic' calls share; "
+                              "0: RAM less a 10%% reserve")
+    command.add_argument("--cgroups", default="auto", choices=("auto", "v1", "v2", "none"),
+                         help="cgroup backend")
+    _add_log_level(command)
+    command.set_defaults(run=_run_agent)
+
+
+def _exec_parser(commands: Any) -> None:
+    command = commands.add_parser("exec", help=SUMMARIES["exec"], description=SUMMARIES["exec"])
+    command.add_argument("--endpoint", default="", help="the agent's executor endpoint")
+    command.add_argument("--id", default="", help="executor id the agent gave")
+    command.add_argument("--zygote", action="store_true",
+                         help="serve executor forks for the agent instead")
+    command.add_argument("--control-fd", type=int, default=3,
+                         help="the zygote's socket to the agent")
+    command.add_argument("--cgroup-root", action="append", default=[],
+                         help="the agent's cgroup root, removed by the zygote if the agent dies")
+    command.set_defaults(run=_run_exec, error=command.error)
+
+
+def _read_token(args: argparse.Namespace) -> str:
+    if args.token:
+        return str(args.token)
+    if args.token_file is None:
+        sys.exit(f"burla {args.command_name}: give --token or --token-file")
+    try:
+        text = args.token_file.read_text().strip()
+    except OSError as exc:
+        sys.exit(f"burla: cannot read --token-file {args.token_file}: {exc.strerror}")
+    return str(json.loads(text)["token"]) if text.startswith("{") else text
+
+
+def _without_rich() -> None:
+    """Daemons never draw on a terminal; without rich, structlog skips its rich tracebacks
+    (pygments and all), which was most of a daemon's start-up. Executors keep rich for users."""
+    sys.modules.setdefault("rich", None)  # type: ignore[arg-type]
+
+
+def _serve(role: str, log_level: str, main: Coroutine[Any, Any, None]) -> None:
+    import asyncio
+
+    import uvloop
+
+    from burla import logs
+
+    logs.configure(role, log_level)
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    asyncio.run(main)
+
+
+def _run_coordinator(args: argparse.Namespace) -> None:
+    _without_rich()
+    from burla.coordinator import service
+    from burla.coordinator.config import CoordinatorConfig
+
+    args.command_name = "coordinator"
+    secret = _read_token(args)
+    owner = service.default_owner()
+    args.state_dir.mkdir(parents=True, exist_ok=True)
+    config = CoordinatorConfig(args.endpoint, args.state_dir, secret, {secret: owner}, owner,
+                               args.idle_timeout)
+    _serve("coordinator", args.log_level, service.run(config))
+
+
+def _run_agent(args: argparse.Namespace) -> None:
+    _without_rich()
+    import platform
+
+    from burla.agent import service
+    from burla.agent.config import AgentConfig
+
+    args.command_name = "agent"
+    args.state_dir.mkdir(parents=True, exist_ok=True)
+    overrides: dict[str, Any] = {"agent_id": args.agent_id or f"{platform.node()}-{os.getpid()}"}
+    if args.cpus:
+        overrides["cpus"] = args.cpus
+    if args.ram_gb:
+        overrides["ram_gb"] = args.ram_gb
+    if args.memory_budget_gb:
+        overrides["memory_budget_bytes"] = int(args.memory_budget_gb * 2**30)
+    config = AgentConfig(
+        coordinator=args.coordinator, token=_read_token(args), state_dir=args.state_dir,
+        image=args.image, fake_gpus=args.fake_gpus, warm_executors=args.warm,
+        orphan_timeout=args.orphan_timeout, token_file=args.token_file, sandbox=args.sandbox,
+        cgroups=args.cgroups, **overrides,
+    )
+    _serve("agent", args.log_level, service.run(config))
+
+
+def _run_exec(args: argparse.Namespace) -> None:
+    if args.zygote:
+        from burla.exec.zygote import serve
+
+        serve(args.control_fd, args.cgroup_root)
+        return
+    if not args.endpoint or not args.id:
+        args.error("--endpoint and --id are required without --zygote")
+    from burla.exec.runner import main
+
+    main(args.endpoint, args.id)
