@@ -106,8 +106,6 @@ def _exec_parser(commands: Any) -> None:
                          help="serve executor forks for the agent instead")
     command.add_argument("--control-fd", type=int, default=3,
                          help="the zygote's socket to the agent")
-    command.add_argument("--cgroup-root", action="append", default=[],
-                         help="the agent's cgroup root, removed by the zygote if the agent dies")
     command.set_defaults(run=_run_exec, error=command.error)
 
 
@@ -156,6 +154,9 @@ def _run_coordinator(args: argparse.Namespace) -> None:
 
 
 def _run_agent(args: argparse.Namespace) -> None:
+    from burla.agent import zygote_spawn
+
+    zygote_spawn.start_early()  # its start overlaps the imports below
     _without_rich()
     import platform
 
@@ -184,7 +185,7 @@ def _run_exec(args: argparse.Namespace) -> None:
     if args.zygote:
         from burla.exec.zygote import serve
 
-        serve(args.control_fd, args.cgroup_root)
+        serve(args.control_fd)
         return
     if not args.endpoint or not args.id:
         args.error("--endpoint and --id are required without --zygote")

@@ -7,25 +7,20 @@ The wire format is burla.exec.zygote's.
 from __future__ import annotations
 
 import asyncio
-import os
 import select
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
 import structlog
 
+from burla.agent import zygote_spawn
 from burla.exec.zygote import MAX_PACKET_BYTES, pack, unpack
 
 log = structlog.get_logger("burla.agent")
 
-# The agent's environment the zygote (so every executor) never inherits: service-manager
-# plumbing and the cluster credentials; a job's own variables come with each Load.
-PRIVATE_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID",
-               "LISTEN_FDNAMES", "BURLA_API_KEY", "BURLA_CLUSTER", "BURLA_PARENT_JOB")
 # A request the zygote has not taken within this long means it hangs: it is treated as lost.
 SEND_TIMEOUT_S = 5.0
 # How long a zygote told to quit may take before it is killed.
@@ -56,20 +51,11 @@ class ForkServer:
         return self.process.pid if self.process is not None else 0
 
     def start(self) -> None:
-        agent_side, zygote_side = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        env = {k: v for k, v in os.environ.items() if k not in PRIVATE_ENV}
-        fd = zygote_side.fileno()
-        self.started_at = time.monotonic()
-        roots = [arg for root in self.cgroup_roots for arg in ("--cgroup-root", root)]
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "burla.exec", "--zygote", "--control-fd", str(fd), *roots],
-            pass_fds=[fd], stdin=subprocess.DEVNULL, env=env,
-            start_new_session=True,  # a Ctrl-C at the agent's terminal is not the calls' business
-        )
-        zygote_side.close()
-        agent_side.setblocking(False)
-        self.sock = agent_side
-        asyncio.get_running_loop().add_reader(agent_side, self._readable)
+        spawned = zygote_spawn.take()
+        self.process, self.sock, self.started_at = spawned.process, spawned.sock, spawned.started_at
+        self.sock.setblocking(False)
+        asyncio.get_running_loop().add_reader(self.sock, self._readable)
+        self._send({"op": "roots", "roots": self.cgroup_roots})
 
     def fork(self, executor_id: str, endpoint: str, env: dict[str, str],
              sandbox: dict[str, Any] | None) -> None:

@@ -7,7 +7,8 @@ its children and removes the agent's cgroup roots, so a killed agent leaves noth
 
 The agent talks to it over one SOCK_SEQPACKET socket, one msgpack map per packet:
 
-    agent -> zygote   {"op": "fork", "id", "endpoint", "env", "sandbox": spec fields | None}
+    agent -> zygote   {"op": "roots", "roots"}  the agent's cgroup roots, removed if it dies
+                      {"op": "fork", "id", "endpoint", "env", "sandbox": spec fields | None}
                       {"op": "go", "id", "ok"}      the child is in its cgroup (ok) or must quit
                       {"op": "quit"}
     zygote -> agent   {"op": "ready", "pid"}
@@ -88,6 +89,7 @@ class Zygote:
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.agent_gone = False
+        self.cgroup_roots: list[str] = []  # removed if the agent dies first
         self.children: dict[int, str] = {}  # pid -> executor id
         self.go_fds: dict[str, int] = {}  # executor id -> write end of its go pipe
         self.crash_fds: dict[int, int] = {}  # pid -> read end of its crash report pipe
@@ -128,6 +130,8 @@ class Zygote:
                 msg = unpack(data)
                 if msg["op"] == "fork":
                     self.fork(msg)
+                elif msg["op"] == "roots":
+                    self.cgroup_roots = [str(root) for root in msg["roots"]]
                 elif msg["op"] == "go":
                     self.go(msg["id"], bool(msg["ok"]))
                 elif msg["op"] == "quit":
@@ -308,10 +312,10 @@ def sandbox_spec(fields: dict[str, Any]) -> Any:
     return SandboxSpec(**values)
 
 
-def serve(control_fd: int, cgroup_roots: list[str] | None = None) -> None:
+def serve(control_fd: int) -> None:
     """Run the zygote on the socket the agent passed as `control_fd`, until told to quit.
 
-    `cgroup_roots` are the agent's cgroup roots, removed here if the agent dies first.
+    If the agent dies first, the cgroup roots it named (op "roots") are removed here.
     """
     agent = os.getppid()
     set_death_signal(signal.SIGTERM)
@@ -325,10 +329,10 @@ def serve(control_fd: int, cgroup_roots: list[str] | None = None) -> None:
         pass
     finally:
         zygote.stop()
-    if agent_gone and cgroup_roots:
+    if agent_gone and zygote.cgroup_roots:
         from burla.agent.cgroups.base import remove_tree
 
-        for root in cgroup_roots:
+        for root in zygote.cgroup_roots:
             try:
                 remove_tree(Path(root))
             except Exception as e:  # best effort: the next agent's cleanup_stale retries
