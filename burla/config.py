@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import secrets
@@ -21,11 +22,18 @@ CLIENT_FORGET_SECONDS = 60.0
 
 
 def user_state_dir() -> Path:
-    return Path(os.environ.get("BURLA_STATE_DIR") or platformdirs.user_state_dir("burla"))
+    return Path(os.environ.get("BURLA_STATE_DIR") or _platform_dir("user_state_dir"))
 
 
 def user_config_dir() -> Path:
-    return Path(os.environ.get("BURLA_CONFIG_DIR") or platformdirs.user_config_dir("burla"))
+    return Path(os.environ.get("BURLA_CONFIG_DIR") or _platform_dir("user_config_dir"))
+
+
+@functools.cache
+def _platform_dir(kind: str) -> str:
+    """platformdirs' answer, once per process: every call asks, and platformdirs works it out
+    anew each time (0.1 ms, a few percent of a small call's whole cost)."""
+    return str(getattr(platformdirs, kind)("burla"))
 
 
 def credentials_path() -> Path:
