@@ -13,9 +13,11 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
+
+from burla import endpoints
 
 # The `burla` subcommands served here; `burla --help` lists them with these lines.
 SUMMARIES = {
@@ -26,6 +28,23 @@ SUMMARIES = {
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
+class _Parser(argparse.ArgumentParser):
+    """Bad flags get one line that says what was wrong, not a usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see `{self.prog} --help`)\n")
+
+
+def _endpoint(bind: bool) -> Callable[[str], str]:
+    def parse(value: str) -> str:
+        try:
+            return endpoints.check(value, bind=bind)
+        except endpoints.BadEndpoint as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return parse
+
+
 def main(argv: list[str]) -> None:
     """Parse `argv` (the subcommand first) and run that daemon."""
     args = parser().parse_args(argv)
@@ -33,8 +52,9 @@ def main(argv: list[str]) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(prog="burla")
-    commands = top.add_subparsers(required=True, metavar="{coordinator,agent,exec}")
+    top = _Parser(prog="burla")
+    commands = top.add_subparsers(required=True, metavar="{coordinator,agent,exec}",
+                                  parser_class=_Parser)
     _coordinator_parser(commands)
     _agent_parser(commands)
     _exec_parser(commands)
@@ -54,8 +74,8 @@ def _add_log_level(command: argparse.ArgumentParser) -> None:
 def _coordinator_parser(commands: Any) -> None:
     command = commands.add_parser("coordinator", help=SUMMARIES["coordinator"],
                                   description=SUMMARIES["coordinator"])
-    command.add_argument("--endpoint", default="tcp://0.0.0.0:7700",
-                         help="where to listen (port 0 picks one)")
+    command.add_argument("--endpoint", default="tcp://0.0.0.0:7700", type=_endpoint(bind=True),
+                         help="where to listen, tcp://HOST:PORT (port 0 picks one)")
     command.add_argument("--state-dir", type=Path, required=True,
                          help="directory for the job store and keys")
     _add_token_options(command)
@@ -68,7 +88,7 @@ def _coordinator_parser(commands: Any) -> None:
 def _agent_parser(commands: Any) -> None:
     command = commands.add_parser("agent", help=SUMMARIES["agent"],
                                   description=SUMMARIES["agent"])
-    command.add_argument("--coordinator", required=True,
+    command.add_argument("--coordinator", required=True, type=_endpoint(bind=False),
                          help="coordinator endpoint, e.g. tcp://10.0.0.2:7700")
     command.add_argument("--state-dir", type=Path, required=True,
                          help="directory for the agent's state")

@@ -33,6 +33,8 @@ log = structlog.get_logger("burla.agent")
 
 # Every message of an agent the coordinator forgot is refused; one Hello per this long answers.
 REHELLO_SECONDS = 0.5
+# While no coordinator answers, say so this often (the first time after PEER_TIMEOUT_SECONDS).
+UNREACHABLE_LOG_SECONDS = 10.0
 # Longest the agent waits for its warm executors before registering without them.
 WARM_UP_TIMEOUT_SECONDS = 20.0
 # Wait before replacing an executor that died before it started with nothing to blame, so a
@@ -71,6 +73,8 @@ class Agent:
         self.last_heard = time.monotonic()
         self.last_sent = 0.0
         self.hello_sent_at = 0.0
+        self.unanswered_since = 0.0  # when the Hellos still unanswered began; 0: registered
+        self.unreachable_logged_at = 0.0
         self.upstream: channel.Channel
         self.downstream: channel.Channel
 
@@ -133,6 +137,8 @@ class Agent:
             "pid": os.getpid(),
         }
         self.hello_sent_at = time.monotonic()
+        if not self.registered.is_set():
+            self.unanswered_since = self.unanswered_since or self.hello_sent_at
         self.send_up(protocol.Hello("agent", protocol.PROTOCOL_VERSION, __version__,
                                     self.config.token, self.session, info))
 
@@ -161,9 +167,20 @@ class Agent:
                 log.warning("coordinator_silent", seconds=round(silent, 1))
                 self.registered.clear()
                 self.register_again()
+            elif self.unanswered_since:
+                self.report_unreachable(now)
             orphan = self.config.orphan_timeout
             if orphan and silent > orphan:
                 self.stop(f"no coordinator for {orphan:.0f}s")
+
+    def report_unreachable(self, now: float) -> None:
+        """Log, now and then, that no coordinator has answered; ZeroMQ keeps redialling."""
+        trying = now - self.unanswered_since
+        if trying >= PEER_TIMEOUT_SECONDS and \
+                now - self.unreachable_logged_at >= UNREACHABLE_LOG_SECONDS:
+            self.unreachable_logged_at = now
+            log.warning("coordinator_unreachable", coordinator=self.config.coordinator,
+                        seconds=round(trying), doing="retrying")
 
     def send_up(self, msg: protocol.Message) -> None:
         self.last_sent = time.monotonic()
@@ -182,6 +199,7 @@ class Agent:
     def on_welcome(self, msg: protocol.Welcome) -> None:
         if not self.registered.is_set():
             self.registered.set()
+            self.unanswered_since = 0.0
             log.info("registered", coordinator=self.config.coordinator, session=self.session)
             systemd.notify(ready="1", status="registered", mainpid=str(os.getpid()))
 

@@ -40,6 +40,10 @@ class Coordinator:
         self.agent_last_ping = 0.0
         self.idle_since = time.monotonic()
         self.stopping = asyncio.Event()
+        # Only an idle stop (the embedded cluster's) takes the agents with it. A restart
+        # (SIGTERM from systemd, a deploy) must leave them running: they reconnect, as after a
+        # crash, and the cluster keeps its nodes.
+        self.stop_agents = False
         self.channel: channel.Channel
         self.endpoint = ""
 
@@ -54,9 +58,11 @@ class Coordinator:
         try:
             await daemon.run_until(self.stopping, self.tick())
         finally:
-            for node in self.scheduler.nodes.values():
-                self.channel.send(protocol.Shutdown("the coordinator is stopping"), node.peer)
-            await asyncio.sleep(0.05)  # let the Shutdowns leave before the socket closes
+            if self.stop_agents:
+                for node in self.scheduler.nodes.values():
+                    self.channel.send(protocol.Shutdown("the coordinator stopped, idle"),
+                                      node.peer)
+                await asyncio.sleep(0.05)  # let the Shutdowns leave before the socket closes
             self.channel.close()
             self.ctx.term()
             self.store.close()
@@ -89,6 +95,7 @@ class Coordinator:
                 self.idle_since = now
             idle = self.config.idle_timeout
             if idle and now - self.idle_since > idle:
+                self.stop_agents = True
                 self.stop(f"idle for {idle:.0f}s")
 
     # --- inbound ------------------------------------------------------------------------------
