@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import functools
 import gc
@@ -15,18 +14,30 @@ import stat
 import struct
 import subprocess
 import sys
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
-from burla.agent.reach import closed_ancestors
+from burla.agent.reach import Way
+from burla.agent.syscalls import (
+    MS_BIND,
+    MS_NODEV,
+    MS_NOEXEC,
+    MS_NOSUID,
+    MS_PRIVATE,
+    MS_RDONLY,
+    MS_REC,
+    PR_SET_NO_NEW_PRIVS,
+    PR_SET_PDEATHSIG,
+    SandboxError,
+    check,
+    libc,
+    mount,
+    step,
+)
 
 # The conventional overflow uid/gid ('nobody'/'nogroup'): it owns no files.
 NOBODY = 65534
 CLONE_NEWNS, CLONE_NEWIPC, CLONE_NEWPID = 0x00020000, 0x08000000, 0x20000000
-MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
-MS_BIND, MS_REC, MS_PRIVATE = 0x1000, 0x4000, 0x40000
-PR_SET_PDEATHSIG, PR_SET_NO_NEW_PRIVS = 1, 38
 # systemd's PrivateTmp= pair plus /dev/shm: the world-writable places executors would share.
 PRIVATE_TMP_DIRS = ("/tmp", "/var/tmp", "/dev/shm")
 # What a private /dev always holds, as in a container runtime's default /dev.
@@ -45,20 +56,6 @@ _RLIMIT_NAMES = {  # reversed so RLIMIT_NOFILE wins over its alias RLIMIT_OFILE
 }
 
 
-class SandboxError(RuntimeError):
-    """A sandbox step failed; the message names the step and the errno.
-
-    The process is then half-sandboxed and may still be root: the caller must report the error
-    and `os._exit` without running user code. Recover: fix the named cause (missing path, no
-    CAP_SYS_ADMIN in a container, ...) or run the agent with sandboxing off.
-    """
-
-    def __init__(self, step: str, message: str, err: int | None = None) -> None:
-        super().__init__(f"sandbox step {step!r} failed: {message}")
-        self.step = step
-        self.errno = err
-
-
 @dataclass(frozen=True)
 class SandboxSpec:
     """What one executor's sandbox looks like; the agent builds it, enter_sandbox applies it."""
@@ -75,7 +72,8 @@ class SandboxSpec:
     # If set: /dev holds only BASIC_DEVICES plus these nodes (hides GPUs on cgroup v2).
     private_dev: tuple[str, ...] | None = None
     # Paths uid must still reach (the Python installation, burla itself): an ancestor closed to
-    # uid (a Python under a 0700 /root) is covered by a tmpfs holding only the way back to them.
+    # uid (a Python under a 0700 /root), and a private tmp dir they lie under, are covered by a
+    # tmpfs holding only the way back to them: the entries on it, symlinks included.
     exposed_paths: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
@@ -95,40 +93,9 @@ class SandboxSpec:
         signal.Signals(self.pdeath_signal)  # ValueError names a bad signal number
 
 
-@contextlib.contextmanager
-def _step(name: str) -> Iterator[None]:
-    try:
-        yield
-    except OSError as e:
-        code = errno.errorcode.get(e.errno or 0, "no errno")
-        raise SandboxError(name, f"{code}: {e.strerror or e}", e.errno) from e
-
-
-@functools.cache
-def _libc() -> ctypes.CDLL:
-    libc = ctypes.CDLL(None, use_errno=True)  # the running python's own libc: no lookup, no I/O
-    libc.unshare.argtypes = [ctypes.c_int]
-    libc.mount.argtypes = [ctypes.c_char_p] * 3 + [ctypes.c_ulong, ctypes.c_char_p]
-    libc.prctl.argtypes = [ctypes.c_int] + [ctypes.c_ulong] * 4
-    return libc
-
-
-def _check(result: int) -> None:
-    if result != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-
-
-def _mount(source: str | None, target: str, fstype: str | None, flags: int, data: str = "") -> None:
-    def enc(s: str | None) -> bytes | None:
-        return s.encode() if s else None
-
-    _check(_libc().mount(enc(source), enc(target), enc(fstype), flags, enc(data)))
-
-
 def _set_pdeath_signal(sig: int) -> None:
-    with _step(f"prctl(PR_SET_PDEATHSIG, {signal.Signals(sig).name})"):
-        _check(_libc().prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0))
+    with step(f"prctl(PR_SET_PDEATHSIG, {signal.Signals(sig).name})"):
+        check(libc().prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0))
 
 
 def sandbox_supported() -> str | None:
@@ -175,17 +142,23 @@ def enter_sandbox(spec: SandboxSpec) -> None:
     must report and `os._exit`: the process may still be root.
     """
     parent = os.getppid()
-    _libc()
+    libc()
     hidden = [(path, os.path.isdir(path)) for path in _existing(spec.hidden_paths, "hide")]
     devices = None if spec.private_dev is None else _device_nodes(spec.private_dev)
-    exposed = closed_ancestors(spec.exposed_paths, spec.uid, spec.gid)
+    emptied = _private_tmp_dirs(spec.private_dev is not None)
+    way = Way.to(spec.exposed_paths, spec.uid, spec.gid, emptied)
+    bridged = way.bridge_under(spec.workdir) if spec.workdir else None
+    if bridged:  # it would be the host's own dir, created in as root, and the call's cwd
+        why = f"it lies in {bridged}, which the sandbox shares to reach the runtime"
+        raise SandboxError(f"create workdir {spec.workdir}", f"{why}; move the runtime out of it",
+                           errno.EEXIST)
     _set_pdeath_signal(spec.pdeath_signal)
     if os.getppid() != parent:
         raise SandboxError("watch the parent", f"parent {parent} died before the sandbox")
-    with _step("unshare mount, pid and ipc namespaces"):
-        _check(_libc().unshare(CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC))
-    with _step("make all mounts private (mount --make-rprivate /)"):
-        _mount(None, "/", None, MS_REC | MS_PRIVATE)  # else our mounts would reach the host
+    with step("unshare mount, pid and ipc namespaces"):
+        check(libc().unshare(CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC))
+    with step("make all mounts private (mount --make-rprivate /)"):
+        mount(None, "/", None, MS_REC | MS_PRIVATE)  # else our mounts would reach the host
 
     # Blocked across both forks, so no signal lands before a reaper's handlers are installed.
     mask = signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED_SIGNALS)
@@ -201,28 +174,18 @@ def enter_sandbox(spec: SandboxSpec) -> None:
     os.close(status_r)
     _become_init(spec.pdeath_signal, status_w)  # returns only in the executor
     signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-    _enter_as_executor(spec, hidden, devices, exposed)
+    _enter_as_executor(spec, hidden, devices, way)
 
 
-def _cover_closed_dirs(plan: dict[str, list[str]]) -> None:
-    """Replace each closed dir by a tmpfs holding bind mounts of just the children in `plan`.
-
-    The children are opened (O_PATH) before any cover hides them, and after the unshare:
-    a bind mount's source must be a mount of our own namespace.
-    """
-    with _step(f"open {', '.join(c for children in plan.values() for c in children)}"):
-        fds = {child: os.open(child, os.O_PATH) for children in plan.values() for child in children}
-    for closed, children in plan.items():
-        with _step(f"cover {closed} but {', '.join(children)}"):
-            _mount("tmpfs", closed, "tmpfs", MS_NOSUID | MS_NODEV, "mode=755,size=64k")
-            for child in children:
-                if stat.S_ISDIR(os.fstat(fds[child]).st_mode):
-                    os.mkdir(child, 0o755)
-                else:
-                    os.close(os.open(child, os.O_CREAT | os.O_WRONLY, 0o644))
-                _mount(f"/proc/self/fd/{fds[child]}", child, None, MS_BIND | MS_REC)
-    for fd in fds.values():
-        os.close(fd)
+def _private_tmp_dirs(private_dev: bool) -> tuple[str, ...]:
+    """Real paths of the PRIVATE_TMP_DIRS there are; /dev/shm always under a private /dev."""
+    dirs = []
+    for tmp in PRIVATE_TMP_DIRS:
+        if private_dev and tmp.startswith("/dev/"):
+            dirs.append(tmp)  # created in the private /dev, a plain directory
+        elif os.path.isdir(tmp):
+            dirs.append(os.path.realpath(tmp))
+    return tuple(dict.fromkeys(dirs))
 
 
 def _existing(paths: tuple[str, ...], purpose: str) -> list[str]:
@@ -239,7 +202,7 @@ def _existing(paths: tuple[str, ...], purpose: str) -> list[str]:
 def _device_nodes(extra: tuple[str, ...]) -> Nodes:
     nodes: dict[str, os.stat_result] = {}
     for path in (*BASIC_DEVICES, *extra):
-        with _step(f"stat device {path}"):
+        with step(f"stat device {path}"):
             try:
                 st = os.stat(path)
             except FileNotFoundError:
@@ -335,66 +298,62 @@ def _enter_as_executor(
     spec: SandboxSpec,
     hidden: list[tuple[str, bool]],
     devices: Nodes | None,
-    exposed: dict[str, list[str]],
+    way: Way,
 ) -> None:
     """Pid 2: mounts, limits, then the irreversible drop to the unprivileged uid."""
     _set_pdeath_signal(spec.pdeath_signal)  # no race check: pid 1 dying SIGKILLs us anyway
     nodev = MS_NOSUID | MS_NODEV | MS_NOEXEC
-    with _step("mount a fresh /proc for the new pid namespace"):
-        _mount("proc", "/proc", "proc", nodev)  # the old one shows every host process
-    _cover_closed_dirs(exposed)
+    with step("mount a fresh /proc for the new pid namespace"):
+        mount("proc", "/proc", "proc", nodev)  # the old one shows every host process
+    bridges = way.open()  # before any cover hides what it bridges
     if devices is not None:
         _mount_private_dev(devices)
-    for tmp in filter(os.path.isdir, PRIVATE_TMP_DIRS):
-        with _step(f"mount a private tmpfs on {tmp}"):
-            _mount("tmpfs", tmp, "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
+    way.cover(bridges)
     for path, is_dir in hidden:
-        if any(os.path.commonpath([path, tmp]) == tmp for tmp in PRIVATE_TMP_DIRS):
-            continue  # already replaced by a fresh tmpfs
-        if not os.path.lexists(path):
-            continue  # under a closed dir covered above: already out of reach
-        with _step(f"hide {path}"):
+        if path in way.emptied or not os.path.lexists(path):
+            continue  # a private tmp dir, or under a covered dir and not on the way: out of reach
+        with step(f"hide {path}"):
             if is_dir:
-                _mount("tmpfs", path, "tmpfs", MS_RDONLY | nodev, "mode=000,size=4k")
+                mount("tmpfs", path, "tmpfs", MS_RDONLY | nodev, "mode=000,size=4k")
             else:
-                _mount("/dev/null", path, None, MS_BIND)
+                mount("/dev/null", path, None, MS_BIND)
     workdir = spec.workdir or "/"  # always chdir: an old cwd could sit in a hidden path
     if not os.path.exists(workdir):
-        with _step(f"create workdir {workdir}"):
+        with step(f"create workdir {workdir}"):
             os.makedirs(workdir, mode=0o700)
             os.chown(workdir, spec.uid, spec.gid)
     for limit, (soft, hard) in spec.rlimits.items():
         # Before the drop: raising a hard limit needs root.
-        with _step(f"setrlimit({_RLIMIT_NAMES.get(limit, limit)}, ({soft}, {hard}))"):
+        with step(f"setrlimit({_RLIMIT_NAMES.get(limit, limit)}, ({soft}, {hard}))"):
             resource.setrlimit(limit, (soft, hard))
-    with _step(f"drop to uid {spec.uid} gid {spec.gid}"):
+    with step(f"drop to uid {spec.uid} gid {spec.gid}"):
         os.setgroups([])
         os.setresgid(spec.gid, spec.gid, spec.gid)
         os.setresuid(spec.uid, spec.uid, spec.uid)
-    with _step("prctl(PR_SET_NO_NEW_PRIVS, 1)"):
-        _check(_libc().prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))
+    with step("prctl(PR_SET_NO_NEW_PRIVS, 1)"):
+        check(libc().prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))
     _set_pdeath_signal(spec.pdeath_signal)  # the kernel clears it when the uid changes
-    with _step(f"chdir to {workdir}"):
+    with step(f"chdir to {workdir}"):
         os.chdir(workdir)
     _verify_dropped(spec)
 
 
 def _mount_private_dev(devices: Nodes) -> None:
-    with _step("mount a tmpfs on /dev"):
-        _mount("tmpfs", "/dev", "tmpfs", MS_NOSUID | MS_NOEXEC, "mode=755,size=64k")
+    with step("mount a tmpfs on /dev"):
+        mount("tmpfs", "/dev", "tmpfs", MS_NOSUID | MS_NOEXEC, "mode=755,size=64k")
     for path, st in devices:
-        with _step(f"create device node {path}"):
+        with step(f"create device node {path}"):
             os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
             os.mknod(path, st.st_mode, st.st_rdev)
             os.chown(path, st.st_uid, st.st_gid)
             os.chmod(path, stat.S_IMODE(st.st_mode))  # undo the umask
-    with _step("populate /dev"):
+    with step("populate /dev"):
         for name, target in DEV_SYMLINKS.items():
             os.symlink(target, f"/dev/{name}")
         os.mkdir("/dev/shm")  # its tmpfs comes with PRIVATE_TMP_DIRS
         os.mkdir("/dev/pts")
-    with _step("mount a new devpts instance on /dev/pts"):
-        _mount("devpts", "/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666")
+    with step("mount a new devpts instance on /dev/pts"):
+        mount("devpts", "/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666")
 
 
 def _verify_dropped(spec: SandboxSpec) -> None:

@@ -19,9 +19,9 @@ from daemons import Cluster
 
 import burla
 from burla import remote_parallel_map
-from burla.agent.limits import runtime_paths
+from burla.agent.limits import SANDBOX_WORKDIR, runtime_paths
 from burla.agent.reach import closed_ancestors
-from burla.agent.sandbox import NOBODY, sandbox_supported
+from burla.agent.sandbox import NOBODY, PRIVATE_TMP_DIRS, sandbox_supported
 
 UNSUPPORTED = sandbox_supported()
 pytestmark = [
@@ -30,6 +30,13 @@ pytestmark = [
 ]
 PR_GET_PDEATHSIG = 2
 NAMESPACES = ("pid", "mnt", "ipc")
+
+
+def way_plan() -> dict[str, list[str]]:
+    """The closed and private tmp dirs on the way to the runtime, each with its children on it
+    (the tests may run from a venv or a clone under /tmp, or under a 0700 home)."""
+    tmp_dirs = tuple(os.path.realpath(t) for t in PRIVATE_TMP_DIRS if os.path.isdir(t))
+    return closed_ancestors(runtime_paths(), NOBODY, NOBODY, tmp_dirs)
 
 
 def attempt(action: Any) -> dict[str, Any]:
@@ -49,6 +56,7 @@ def inspect(paths: dict[str, Any]) -> dict[str, Any]:
     pdeath = ctypes.c_int()
     ctypes.CDLL(None, use_errno=True).prctl(PR_GET_PDEATHSIG, ctypes.byref(pdeath), 0, 0, 0)
     tmp = sorted(os.listdir("/tmp"))
+    closed = {d: attempt(lambda d=d: sorted(os.listdir(d))) for d in paths["closed"]}
     Path("/tmp", paths["inside_marker"]).write_text("inside")
     return {
         "ids": [os.getresuid(), os.getresgid(), os.getgroups()],
@@ -64,7 +72,8 @@ def inspect(paths: dict[str, Any]) -> dict[str, Any]:
         "cwd": os.getcwd(),
         "token": attempt(Path(paths["token"]).read_text),
         "state": attempt(lambda: os.listdir(paths["state"])),
-        "closed": {d: attempt(lambda d=d: sorted(os.listdir(d))) for d in paths["closed"]},
+        "closed": closed,
+        "runtime": {p: os.path.exists(p) for p in paths["runtime"]},
         "env_values": list(os.environ.values()),
     }
 
@@ -105,9 +114,9 @@ def facts(sandboxed: tuple[Cluster, Path]) -> dict[str, Any]:
     cluster, outside = sandboxed
     host_marker = Path("/tmp") / f"burla-host-{uuid.uuid4().hex}"
     host_marker.write_text("host")
-    closed = list(closed_ancestors(runtime_paths(), NOBODY, NOBODY))
     paths = {"inside_marker": f"burla-inside-{uuid.uuid4().hex}", "host_marker": str(host_marker),
-             "token": str(outside / "token"), "state": str(outside / "state"), "closed": closed}
+             "token": str(outside / "token"), "state": str(outside / "state"),
+             "closed": list(way_plan()), "runtime": list(runtime_paths())}
     try:
         [result] = remote_parallel_map(inspect, [paths], spinner=False)
     finally:
@@ -123,7 +132,8 @@ def test_call_has_its_own_pid_mount_and_ipc_namespaces(facts: dict[str, Any]) ->
 
 
 def test_call_has_a_private_tmp(facts: dict[str, Any]) -> None:
-    assert facts["tmp"] == ["burla"] and facts["cwd"] == "/tmp/burla"
+    way = [os.path.basename(c) for c in way_plan().get("/tmp", [])]
+    assert facts["tmp"] == sorted({"burla", *way}) and facts["cwd"] == SANDBOX_WORKDIR
     assert not facts["host_marker_visible"] and not facts["inside_marker_on_host"]
 
 
@@ -148,9 +158,16 @@ def test_agent_token_and_state_dir_are_out_of_reach(
 
 
 def test_closed_dirs_show_only_the_way_to_the_runtime(facts: dict[str, Any]) -> None:
-    plan = closed_ancestors(runtime_paths(), NOBODY, NOBODY)
+    plan = way_plan()
     for closed, listing in facts["closed"].items():
-        assert listing == {"value": sorted(os.path.basename(c) for c in plan[closed])}
+        way = {os.path.basename(c) for c in plan[closed]}
+        if closed == os.path.dirname(SANDBOX_WORKDIR):
+            way.add(os.path.basename(SANDBOX_WORKDIR))
+        assert listing == {"value": sorted(way)}, closed
+
+
+def test_call_reaches_every_runtime_path(facts: dict[str, Any]) -> None:
+    assert facts["runtime"] and all(facts["runtime"].values()), facts["runtime"]
 
 
 def test_crash_in_the_sandbox_reports_the_executor_signal(
