@@ -1,11 +1,11 @@
 """What an executor sends home: result batches, and exceptions that arrive as their own type.
 
-Every exception travels the way tblib pickles it: its traceback, cause, context and notes with
-it. That holds for every class, including those user code defines after the executor started
-(tblib's `install` registers only the classes that exist when it runs). A class whose
-`__init__` takes other arguments than it passes to `Exception.__init__` (`MyError(msg, code)`)
-is rebuilt without calling `__init__`, from its `args` and attributes. What still cannot travel
-is cut down in steps, each checked by a pickle round trip:
+Every exception travels the way tblib pickles it, with its traceback (flat, as
+burla/tracebacks.py writes it), cause, context and notes. That holds for every class, including
+those user code defines after the executor started (tblib's `install` registers only the
+classes that exist when it runs). A class whose `__init__` takes other arguments than it passes
+to `Exception.__init__` (`MyError(msg, code)`) is rebuilt without calling `__init__`, from its
+`args` and attributes. The rest is cut down in steps, each checked by a pickle round trip:
 
 - a traceback deeper than TRACEBACK_HEAD + TRACEBACK_TAIL frames (a RecursionError's) keeps
   its first and last frames, and a note says how many were cut;
@@ -21,10 +21,11 @@ import traceback
 from types import TracebackType
 from typing import Any
 
-from tblib.pickling_support import pickle_exception, pickle_traceback
+from tblib.pickling_support import pickle_exception
 
 from burla import pickling
 from burla.errors import RemoteError
+from burla.tracebacks import reduce_traceback
 
 # Frames kept from the top and from the bottom of a deeper traceback.
 TRACEBACK_HEAD = 20
@@ -32,13 +33,14 @@ TRACEBACK_TAIL = 20
 
 
 class Pickler(pickling.Pickler):
-    """cloudpickle, keeping code file names, that pickles every exception the tblib way."""
+    """cloudpickle, keeping code file names, that pickles every exception the tblib way, and
+    tracebacks flat (burla/tracebacks.py)."""
 
     def reducer_override(self, obj: Any) -> Any:
         if isinstance(obj, BaseException):
             return pickle_exception(obj)
         if isinstance(obj, TracebackType):
-            return pickle_traceback(obj)
+            return reduce_traceback(obj)
         return super().reducer_override(obj)
 
 
@@ -158,7 +160,8 @@ def _as_text(exc: BaseException) -> RemoteError:
 
 def _trim_tracebacks(exc: BaseException | None, seen: set[int]) -> None:
     """Cut the middle out of every traceback deeper than the head and tail kept, in `exc` and
-    the exceptions chained to it. Deep ones do not pickle: each frame nests one level deeper."""
+    the exceptions chained to it: a RecursionError's thousand frames repeat one line, and the
+    client rebuilds each frame it gets."""
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
         _trim(exc)

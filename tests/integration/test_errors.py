@@ -138,6 +138,7 @@ def _assert_reads_like_a_local_traceback(exc: BaseException, caller_line: str) -
     assert [(f.filename, f.name) for f in frames[1:]] == [
         (__file__, "fail_deep"), (__file__, "_fail_deeper")], text
     assert frames[-1].line == 'raise ValueError(f"deep failure {x}")', text
+    assert "^" not in text, text  # no carets placed by the stand-in code of rebuilt frames
 
 
 def test_a_remote_traceback_reads_like_a_local_one(cluster):

@@ -172,3 +172,30 @@ def test_results_that_cannot_be_unpickled_here_say_why() -> None:
     [home] = decode_results(protocol.Results("j", 0, 0, 3, 1, [], True, 0, 0, missing))
     assert isinstance(home, RemoteError) and "inputs 3..3" in str(home)
     assert "ModuleNotFoundError: No module named 'no_such_module_x'" in home.remote_traceback
+
+
+def test_a_rebuilt_traceback_prints_like_the_original_without_stand_in_carets() -> None:
+    try:
+        concat("a", 1)  # two frames: this one and concat's
+    except TypeError as caught:
+        exc = caught
+    home = travel(exc)
+    local = traceback.extract_tb(exc.__traceback__)
+    rebuilt = traceback.extract_tb(home.__traceback__)
+    assert [(f.filename, f.name, f.lineno, f.line) for f in rebuilt] == [
+        (f.filename, f.name, f.lineno, f.line) for f in local]
+    assert all(f.colno is None for f in rebuilt)
+    assert "^" not in "".join(traceback.format_exception(home))
+
+
+def test_a_thousand_frames_pickle_flat() -> None:
+    from burla.tracebacks import reduce_traceback
+
+    try:
+        recurse(0)
+    except RecursionError as exc:
+        assert exc.__traceback__ is not None
+        rebuild, (entries,) = reduce_traceback(exc.__traceback__)
+        home = rebuild(pickle.loads(pickle.dumps(entries)))
+    assert len(traceback.extract_tb(home)) == len(entries) > 900
+    assert traceback.extract_tb(home)[-1].name == "recurse"
