@@ -48,9 +48,28 @@ class InputTooBig(BurlaError):
 class NodeDisconnected(BurlaError):
     """An executor or node failed under a call: crash, OOM kill, or node loss past retries.
 
-    The message says what happened (exit code, signal, memory limit). Recover: fix the crash,
-    raise `func_ram`, or retry the job.
+    The message says what happened (exit code, signal, memory limit); an out-of-memory kill
+    is its subclass OutOfMemory. Recover: fix the crash, raise `func_ram`, or retry the job.
     """
+
+
+class OutOfMemory(NodeDisconnected):
+    """A call used more memory than it may have, and the kernel killed it.
+
+    Raised for that input when, with an integer `func_ram`, the call used more than `func_ram`
+    GB; or, with `func_ram="dynamic"`, it did not fit in the node's memory even as the job's
+    only call there. `func_ram` (GB, or "dynamic") and `limit_bytes` name the limit it passed.
+    A subclass of NodeDisconnected, so handlers of that still catch it.
+
+    Recover: pass a larger `func_ram`, run on nodes with more memory, or make the call use less
+    (load less at once, process the data in pieces).
+    """
+
+    def __init__(self, message: str, func_ram: int | str = "dynamic",
+                 limit_bytes: int = 0) -> None:
+        super().__init__(message)
+        self.func_ram = func_ram
+        self.limit_bytes = limit_bytes
 
 
 class JobCanceled(BurlaError):
@@ -101,6 +120,7 @@ ALL_ERRORS = (
     FunctionTooBig,
     InputTooBig,
     NodeDisconnected,
+    OutOfMemory,
     JobCanceled,
     VersionMismatch,
     Unauthorized,

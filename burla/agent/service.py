@@ -25,7 +25,6 @@ from burla.agent.executors import DEFAULT_SHAPE, DYING, Executor, ExecutorPool, 
 from burla.agent.failures import Death, judge
 from burla.agent.limits import Shape, build_policy
 from burla.config import PEER_TIMEOUT_SECONDS, PING_INTERVAL_SECONDS
-from burla.errors import NodeDisconnected
 
 # Out-of-memory deaths of one job this close together were calls running side by side.
 OOM_TOGETHER_SECONDS = 2.0
@@ -429,8 +428,8 @@ class Agent:
             log.warning("parallelism_lowered", job=job.job_id, index=index,
                         parallelism=job.parallelism, reason="out of memory")
         if verdict.fail is not None:
-            log.warning("input_failed", job=job.job_id, index=index, error=verdict.fail)
-            blob = pickle.dumps([NodeDisconnected(verdict.fail)])
+            log.warning("input_failed", job=job.job_id, index=index, error=str(verdict.fail))
+            blob = pickle.dumps([verdict.fail])
             done_now = done + 1 == chunk.count
             self.send_up(protocol.Results(job.job_id, chunk.chunk_id, chunk.attempt, index, 1,
                                           [index], done_now, 0, 0, blob))

@@ -59,6 +59,7 @@ def remote_parallel_map(
     if background is not None:
         detach = bool(background)
     ram_gb = _check_arguments(function_, func_cpu, func_ram, func_gpu, image, max_parallelism)
+    _check_inputs(inputs)
     chunker = Chunker(inputs)
     if chunker.done():  # empty inputs: nothing to run, no cluster touched
         return _empty() if generator else []
@@ -69,7 +70,11 @@ def remote_parallel_map(
     session = JobSession(address, spec, chunker, display.write_logs, CONNECT_TIMEOUT_SECONDS)
     if generator:
         return _stream(session, display)
-    return _collect(session, display)
+    try:
+        return _collect(session, display)
+    except BaseException as exc:
+        _cut_burla_frames(exc)
+        raise  # a bare raise adds no frame: the traceback goes on from the caller's line
 
 
 def attach(
@@ -88,7 +93,11 @@ def attach(
                          attach_job_id=job_id)
     if generator:
         return _stream(session, display)
-    return _collect(session, display)
+    try:
+        return _collect(session, display)
+    except BaseException as exc:
+        _cut_burla_frames(exc)
+        raise
 
 
 def _empty() -> Generator[Any, None, None]:
@@ -122,6 +131,27 @@ def _check_arguments(
         raise ValueError(f"max_parallelism must be a whole number >= 1 or None, "
                          f"got {max_parallelism!r}")
     return 0 if func_ram == "dynamic" else int(func_ram)
+
+
+def _check_inputs(inputs: Any) -> None:
+    """Raise TypeError for inputs that are not an iterable, or are text or bytes (an iterable
+    that is surely a mistake: one call per character or byte)."""
+    if isinstance(inputs, str | bytes | bytearray):
+        kind = type(inputs).__name__
+        items = "character" if isinstance(inputs, str) else "byte (as an int)"
+        raise TypeError(
+            f"inputs is a {kind} ({inputs!r:.60}): burla would call the function once per "
+            f"{items}. To call it once with the whole {kind}, pass [text]; to call it on "
+            f"each {items.split()[0]}, pass list(text)."
+        )
+    try:
+        iter(inputs)
+    except TypeError:
+        raise TypeError(
+            f"inputs must be an iterable of the inputs to call the function on (a list, "
+            f"tuple, range or generator), got {type(inputs).__name__}: {inputs!r:.80}. To "
+            f"call it once with one value, pass [value]."
+        ) from None
 
 
 def _job_spec(
@@ -266,6 +296,21 @@ def _with_remote_traceback(exc: BaseException, index: int) -> BaseException:
     return exc
 
 
+_BURLA_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+
+
+def _cut_burla_frames(exc: BaseException) -> None:
+    """Drop the frames of burla's own code that a remote exception picked up on its way out
+    (this module's loops), so its traceback reads like a local call's: the caller's frames,
+    then the function's. Only for remote exceptions: burla's own errors keep their frames."""
+    if not hasattr(exc, "burla_input_index"):
+        return
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename.startswith(_BURLA_DIR):
+        tb = tb.tb_next
+    exc.__traceback__ = tb
+
+
 def _collect(session: JobSession, display: Display) -> list[Any]:
     results: list[Any] = []
     with display:
@@ -281,9 +326,13 @@ def _collect(session: JobSession, display: Display) -> list[Any]:
 
 
 def _stream(session: JobSession, display: Display) -> Generator[Any, None, None]:
-    with display:
-        for _first, values in _batches(session, display):
-            yield from values
+    try:
+        with display:
+            for _first, values in _batches(session, display):
+                yield from values
+    except BaseException as exc:
+        _cut_burla_frames(exc)
+        raise
 
 
 __all__ = ["remote_parallel_map", "attach", "BurlaError"]

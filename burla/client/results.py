@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import traceback
 from typing import Any
 
 from burla import errors, protocol
@@ -32,11 +33,13 @@ def decode_results(msg: protocol.Results) -> list[Any]:
         values = pickle.loads(data)
     except Exception as exc:
         last = msg.first_index + msg.count - 1
+        why = "".join(traceback.format_exception_only(exc)).strip()
         failure = errors.RemoteError(
             type(exc).__name__,
             f"the results of inputs {msg.first_index}..{last} could not be unpickled here: "
             f"{exc}. Is every module they use installed on this machine?",
-            "",
+            f"the results of inputs {msg.first_index}..{last} arrived, but unpickling them in "
+            f"this process raised:\n{why}\n",
         )
         return [failure] * msg.count
     if not isinstance(values, list) or len(values) != msg.count:

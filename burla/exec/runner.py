@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import ctypes
 import faulthandler
+import inspect
 import os
 import pickle
 import signal
 import sys
 import time
-import traceback
 from collections import OrderedDict
 from collections.abc import Callable
 from itertools import islice
@@ -24,9 +24,9 @@ import cloudpickle
 from tblib import pickling_support
 
 from burla import protocol
-from burla.errors import RemoteError
 from burla.exec.capture import Capture
 from burla.exec.link import AgentLink
+from burla.exec.portable import dump_batch, portable_exception
 
 # A partial result batch is sent once it holds this many results, or when the link thread says
 # it is due (every link.RESULT_FLUSH_SECONDS while a chunk runs).
@@ -36,41 +36,6 @@ RESULT_FLUSH_COUNT = 32768
 FUNCTION_CACHE_SIZE = 8
 FUNCTION_CACHE_BYTES = 64 * 1024 * 1024
 _PR_SET_PDEATHSIG = 1
-
-
-def dump_batch(values: list[Any], errors: list[int], first: int) -> bytes:
-    """One pickle of `values`; a value that cannot travel becomes a RemoteError in `errors`."""
-    try:
-        return pickle.dumps(values, protocol=pickle.HIGHEST_PROTOCOL)
-    except Exception:
-        pass
-    try:  # functions, lambdas and classes made in user code need cloudpickle
-        return cloudpickle.dumps(values, protocol=pickle.HIGHEST_PROTOCOL)
-    except Exception:
-        pass
-    for position, value in enumerate(values):
-        try:
-            cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
-        except Exception as exc:
-            values[position] = RemoteError(
-                type(exc).__name__,
-                f"the result of input {first + position} could not be pickled to send it "
-                f"back: {exc}. Return plain data (numbers, strings, lists, arrays) instead.",
-                "",
-            )
-            errors.append(first + position)
-    errors.sort()
-    return cloudpickle.dumps(values, protocol=pickle.HIGHEST_PROTOCOL)
-
-
-def portable_exception(exc: BaseException) -> BaseException:
-    """`exc` if the client can rebuild it from a pickle, else a RemoteError carrying its text."""
-    try:
-        pickle.loads(cloudpickle.dumps(exc, protocol=pickle.HIGHEST_PROTOCOL))
-        return exc
-    except Exception:
-        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-        return RemoteError(type(exc).__qualname__, str(exc), text)
 
 
 class Runner:
@@ -154,6 +119,8 @@ class Runner:
             try:
                 append(function(*arg) if type(arg) is tuple else function(arg))
             except BaseException as exc:  # user code may raise anything, SystemExit included
+                if type(arg) is tuple and isinstance(exc, TypeError):
+                    _note_unpacking(exc, function, arg, index)
                 exc = exc.with_traceback(_user_frames(exc.__traceback__))
                 append(portable_exception(exc))
                 errors.append(index)
@@ -178,12 +145,33 @@ class Runner:
 
 
 def _raiser(exc: BaseException) -> Callable[..., Any]:
-    """A stand-in for a function that failed to load: each call raises why."""
+    """A stand-in for a function that failed to load: each call raises why (with the same
+    traceback each time: a raise adds a frame to the traceback it is given)."""
+    tb = exc.__traceback__
 
     def function_failed_to_load(*args: Any, **kwargs: Any) -> Any:
-        raise exc
+        raise exc.with_traceback(tb)
 
     return function_failed_to_load
+
+
+def _note_unpacking(exc: TypeError, function: Callable[..., Any], arg: tuple[Any, ...],
+                    index: int) -> None:
+    """Say that a tuple input was unpacked, when that is why the call failed: the TypeError
+    came from binding the arguments (no frame of the function ran), and they do not bind."""
+    if exc.__traceback__ is None or exc.__traceback__.tb_next is not None:
+        return  # raised inside the function, not by the call
+    try:
+        inspect.signature(function).bind(*arg)
+        return
+    except TypeError:
+        pass
+    except ValueError:  # no signature to check against (some builtins)
+        return
+    name = getattr(function, "__name__", "function")
+    exc.add_note(f"[burla] input {index} is a tuple, so burla called {name}(*input) with its "
+                 f"{len(arg)} items as arguments. To pass each tuple whole, as one argument, "
+                 f"wrap it in a 1-tuple: inputs=[(t,) for t in inputs]")
 
 
 def _user_frames(tb: Any) -> Any:

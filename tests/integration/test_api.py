@@ -42,9 +42,8 @@ def fail_on_seven(x):
 
 
 class Unpicklable(Exception):
-    def __init__(self, a, b):  # two required args: pickle cannot rebuild it
-        super().__init__(f"{a}/{b}")
-        self.lock = __import__("threading").Lock()
+    def __init__(self, a, b):  # its args hold a lock: it cannot be pickled, even without them
+        super().__init__(f"{a}/{b}", __import__("threading").Lock())
 
 
 def raise_unpicklable(x):

@@ -72,11 +72,14 @@ def test_func_cpu_1_holds_three_busy_processes_to_one_cpu(cluster) -> None:
 
 def test_call_past_integer_func_ram_fails_naming_it_and_others_are_unaffected(cluster) -> None:
     finished: list[int] = []
-    with pytest.raises(burla.NodeDisconnected) as caught:
+    with pytest.raises(burla.OutOfMemory) as caught:
         for result in remote_parallel_map(hog, [10, 1500, 20], func_ram=1, generator=True,
                                           spinner=False):
             finished.append(result)
-    message = str(caught.value)
+    error = caught.value
+    assert isinstance(error, burla.NodeDisconnected)  # what handlers written for it catch
+    assert (error.func_ram, error.limit_bytes, error.burla_input_index) == (1, 1 << 30, 1)
+    message = str(error)
     assert "func_ram=1 GB (1073741824 bytes)" in message and "input 1" in message
     assert sorted(finished) == [10, 20]
     assert remote_parallel_map(hog, [10, 20], func_ram=1, spinner=False) == [10, 20]
@@ -88,8 +91,9 @@ def test_dynamic_oom_lowers_parallelism_then_fails_what_cannot_fit(make_cluster)
     # Two 300 MB calls do not fit 0.5 GB together: one is killed, then runs alone.
     assert remote_parallel_map(hog, [(300, 2.0), (300, 2.0)], spinner=False) == [300, 300]
     assert '"parallelism_lowered"' in (made.root / "agent0.log").read_text()
-    with pytest.raises(burla.NodeDisconnected, match="needs more memory than node agent0"):
+    with pytest.raises(burla.OutOfMemory, match="needs more memory than node agent0") as caught:
         remote_parallel_map(hog, [700], spinner=False)
+    assert (caught.value.func_ram, caught.value.limit_bytes) == ("dynamic", 1 << 29)
     assert remote_parallel_map(hog, [1, 2], spinner=False) == [1, 2]
 
 

@@ -7,6 +7,7 @@ import dataclasses
 import pytest
 
 from burla.agent.failures import MAX_CRASHES_PER_INPUT, Death, Verdict, judge
+from burla.errors import NodeDisconnected, OutOfMemory
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -22,15 +23,17 @@ def test_a_crash_is_retried_and_counted_until_the_limit() -> None:
 
 def test_the_third_crash_fails_the_input_naming_the_cause() -> None:
     verdict = judge(dataclasses.replace(CRASH, crashes=MAX_CRASHES_PER_INPUT - 1))
-    assert verdict.fail is not None and verdict.crashed
-    assert "input 7 was killed by signal SIGSEGV, 3 times in a row" in verdict.fail
+    assert type(verdict.fail) is NodeDisconnected and verdict.crashed
+    assert "input 7 was killed by signal SIGSEGV, 3 times in a row" in str(verdict.fail)
 
 
 def test_oom_under_integer_func_ram_fails_at_once_naming_the_limit() -> None:
     verdict = judge(dataclasses.replace(CRASH, oom=True, func_ram=2, crashes=0))
-    assert verdict.fail is not None and not verdict.crashed and not verdict.lower_parallelism
-    assert "func_ram=2 GB (2147483648 bytes)" in verdict.fail
-    assert "input 7 ran out of memory" in verdict.fail
+    assert isinstance(verdict.fail, OutOfMemory)
+    assert not verdict.crashed and not verdict.lower_parallelism
+    assert verdict.fail.func_ram == 2 and verdict.fail.limit_bytes == 2 << 30
+    assert "func_ram=2 GB (2147483648 bytes)" in str(verdict.fail)
+    assert "input 7 ran out of memory" in str(verdict.fail)
 
 
 def test_dynamic_oom_with_other_executors_lowers_parallelism_and_retries() -> None:
@@ -40,6 +43,15 @@ def test_dynamic_oom_with_other_executors_lowers_parallelism_and_retries() -> No
 
 def test_dynamic_oom_of_the_last_executor_is_terminal_and_says_so() -> None:
     verdict = judge(dataclasses.replace(CRASH, oom=True, func_ram=0, others=0, crashes=2))
-    assert verdict.fail is not None and not verdict.lower_parallelism
-    assert "needs more memory than node agent0 can give one call" in verdict.fail
-    assert "3.0 GB" in verdict.fail
+    assert isinstance(verdict.fail, OutOfMemory) and not verdict.lower_parallelism
+    assert verdict.fail.func_ram == "dynamic" and verdict.fail.limit_bytes == 3 << 30
+    assert "needs more memory than node agent0 can give one call" in str(verdict.fail)
+    assert "3.0 GB" in str(verdict.fail)
+
+
+def test_out_of_memory_is_a_node_disconnected_that_pickles_with_its_limit() -> None:
+    import pickle
+
+    error = pickle.loads(pickle.dumps(OutOfMemory("ran out", func_ram=4, limit_bytes=4 << 30)))
+    assert isinstance(error, NodeDisconnected) and type(error) is OutOfMemory
+    assert (str(error), error.func_ram, error.limit_bytes) == ("ran out", 4, 4 << 30)
