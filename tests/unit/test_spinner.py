@@ -1,7 +1,7 @@
 """The status line and remote output on a terminal: exact frames, on a fake terminal.
 
-Each test also replays what reached the terminal through a small VT100 model (`Screen`), so it
-asserts what a person would see, not only which bytes went out.
+Each test also replays what reached the terminal through a small VT100 model (`tests/vt.py`), so
+it asserts what a person would see, not only which bytes went out.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from contextlib import contextmanager
 import pytest
 
 from burla.client.spinner import ERASE_LINE, Display, duration_text, rate_text
+from tests.vt import Screen
 
 pytestmark = pytest.mark.timeout(10)
 WIDTH = 50
@@ -33,50 +34,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
-
-
-class Screen:
-    """What a VT100 shows for `text`: printable characters, \\r, \\n (the tty adds the \\r)
-    and erase-line, with the deferred wrap of the last column that every terminal has."""
-
-    def __init__(self, text: str, width: int = WIDTH) -> None:
-        self.rows: list[list[str]] = [[]]
-        self.row = self.col = 0
-        wrap_pending = False
-        position = 0
-        while position < len(text):
-            if text.startswith("\x1b[2K", position):
-                self.rows[self.row] = []
-                position += 4
-                continue
-            char = text[position]
-            position += 1
-            if char == "\r":
-                self.col, wrap_pending = 0, False
-            elif char == "\n":
-                self._next_row()
-                wrap_pending = False
-            else:
-                assert char >= " ", f"unexpected control {char!r}"
-                if wrap_pending:
-                    self._next_row()
-                    wrap_pending = False
-                line = self.rows[self.row]
-                line.extend(" " * (self.col + 1 - len(line)))
-                line[self.col] = char
-                if self.col == width - 1:
-                    wrap_pending = True
-                else:
-                    self.col += 1
-
-    def _next_row(self) -> None:
-        self.row, self.col = self.row + 1, 0
-        if self.row == len(self.rows):
-            self.rows.append([])
-
-    @property
-    def lines(self) -> list[str]:
-        return ["".join(row).rstrip() for row in self.rows]
 
 
 @contextmanager
@@ -117,7 +74,7 @@ def test_the_callers_unterminated_line_is_never_wiped() -> None:
             + ERASE_LINE + "⠙ f: 0/2 done · 2 running · 1s"
             + ERASE_LINE
         )
-        assert Screen(terminal.getvalue()).lines == ["before:", ""]
+        assert Screen(terminal.getvalue(), WIDTH).lines == ["before:", ""]
 
 
 def test_on_an_empty_line_the_status_line_takes_no_extra_line() -> None:
@@ -126,9 +83,9 @@ def test_on_an_empty_line_the_status_line_takes_no_extra_line() -> None:
         with _display(terminal, Clock()) as display:
             display.update(total=1, running=1)
             display.tick()
-            assert Screen(terminal.getvalue()).lines == [
+            assert Screen(terminal.getvalue(), WIDTH).lines == [
                 "earlier output", "⠋ f: 0/1 done · 1 running · 0s"]
-        screen = Screen(terminal.getvalue())
+        screen = Screen(terminal.getvalue(), WIDTH)
         assert screen.lines == ["earlier output", ""] and (screen.row, screen.col) == (1, 0)
 
 
@@ -171,13 +128,13 @@ def test_a_remote_progress_bar_shows_at_once_and_is_never_drawn_over() -> None:
             display.tick()
             display.write_logs([[0, 2, "\r 50%|#####     |"]])
             display.tick()  # mid-line: no frame
-            assert Screen(terminal.getvalue()).lines == [" 50%|#####     |"]
+            assert Screen(terminal.getvalue(), WIDTH).lines == [" 50%|#####     |"]
             display.write_logs([[0, 2, "\r100%|##########|"], [0, 2, "\n"], [0, 1, "done\n"]])
             display.tick()
         frames_after_bar = terminal.getvalue().split("100%|##########|\n")[1]
         assert frames_after_bar == (
             "done\n" + ERASE_LINE + "⠹ f: 0/1 done · 1 running · 0s" + ERASE_LINE)
-        assert Screen(terminal.getvalue()).lines == ["100%|##########|", "done", ""]
+        assert Screen(terminal.getvalue(), WIDTH).lines == ["100%|##########|", "done", ""]
 
 
 def test_the_callers_prints_during_the_job_go_above_the_status_line() -> None:
@@ -188,10 +145,10 @@ def test_the_callers_prints_during_the_job_go_above_the_status_line() -> None:
             print("result 1")  # e.g. a generator=True loop printing what arrives
             print("partial", end="")
             display.tick()  # their line is not ended: no frame over it
-            assert Screen(terminal.getvalue()).lines == ["result 1", "partial"]
+            assert Screen(terminal.getvalue(), WIDTH).lines == ["result 1", "partial"]
             print(" and its end")
             display.tick()
-            assert Screen(terminal.getvalue()).lines == [
+            assert Screen(terminal.getvalue(), WIDTH).lines == [
                 "result 1", "partial and its end", "⠹ f: 0/4 done · 4 running · 0s"]
         assert sys.stdout is terminal
 
@@ -201,7 +158,7 @@ def test_the_frame_never_wraps() -> None:
         with _display(terminal, Clock(), name="a_function_with_a_very_long_name") as display:
             display.update(total=10, running=2)
             display.tick()
-            assert Screen(terminal.getvalue()).lines == [
+            assert Screen(terminal.getvalue(), WIDTH).lines == [
                 "⠋ a_function_with_a_very_long_name: 0/10 done · 2"]
 
 
@@ -215,7 +172,7 @@ def test_a_job_inside_a_job_leaves_the_status_line_to_the_outer_one() -> None:
                 inner.tick()
                 inner.write_logs([[0, 1, "from inner\n"]])
             outer.tick()
-        assert Screen(terminal.getvalue()).lines == ["from inner", ""]
+        assert Screen(terminal.getvalue(), WIDTH).lines == ["from inner", ""]
         assert "inner:" not in terminal.getvalue()
 
 
