@@ -146,13 +146,7 @@ class Display:
     def write_logs(self, entries: list[list[Any]]) -> None:
         """Write remote output to this process's stdout/stderr as it comes, unterminated lines
         included (called by the job thread)."""
-        runs: list[tuple[int, str]] = []  # one write per run of one stream's text
-        for _index, stream, text in entries:
-            stream = 2 if stream == 2 else 1
-            if runs and runs[-1][0] == stream:
-                runs[-1] = (stream, runs[-1][1] + text)
-            else:
-                runs.append((stream, text))
+        runs = _runs(entries)
         with self._lock:
             if self._active:
                 for stream, text in runs:
@@ -241,6 +235,18 @@ class _Through:
 
     def __getattr__(self, name: str) -> Any:  # encoding, fileno, isatty, buffer, ...
         return getattr(self._original, name)
+
+
+def _runs(entries: list[list[Any]]) -> list[tuple[int, str]]:
+    """(stream, text) for each run of one stream's entries: one write each."""
+    runs: list[tuple[int, list[str]]] = []
+    for _index, stream, text in entries:
+        stream = 2 if stream == 2 else 1
+        if runs and runs[-1][0] == stream:
+            runs[-1][1].append(text)
+        else:
+            runs.append((stream, [text]))
+    return [(stream, "".join(texts)) for stream, texts in runs]
 
 
 def rate_text(done: int, seconds: float) -> str:
