@@ -21,7 +21,7 @@ from burla.exec.capture import Capture
 # Longest a captured line waits before it is sent while a call is still running. A line left
 # unterminated this long (a progress bar, `print(..., end="")`) is sent as it stands, at once:
 # it shows within about 100 ms, as on a terminal, while a print's text and its newline, written
-# microseconds apart, are never split.
+# microseconds apart, stay one line (unless the writer stalls this long between the two).
 LOG_FLUSH_SECONDS = 0.05
 # While the runner is in a chunk, `due` is raised this often: its partial result batch leaves.
 RESULT_FLUSH_SECONDS = 0.005
