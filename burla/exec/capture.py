@@ -6,7 +6,8 @@ and 2 are pipes as well, so output of C extensions and subprocesses is captured 
 a writer shows up (`exact`), Python's writes go through the pipes as well, in order with it,
 and the runner marks the end of every input that printed with a separator written into the
 pipes. Either way the reader yields `[index, stream, text]` entries, one per block of complete
-lines. This module never sends anything and never runs user code.
+lines; a line left unterminated for a while (a progress bar, `print(..., end="")`) goes as it
+stands when asked (`take_partial`). This module never sends anything and never runs user code.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import struct
 import sys
 import termios
 import threading
+import time
 
 # Largest single log entry (a block of lines); a longer line is cut into pieces of this size.
 MAX_ENTRY_BYTES = 16 * 1024
@@ -36,6 +38,7 @@ class _StreamParser:
         self.separator = separator
         self.buffer = b""
         self.buffer_index = -1  # input that wrote the first byte still in `buffer`
+        self.open_since: float | None = None  # when the unterminated line in `buffer` began
 
     def feed(self, data: bytes, running_index: int, out: list[list[object]]) -> bool:
         """Parse `data`; True when it ends with output no separator has claimed yet."""
@@ -70,12 +73,26 @@ class _StreamParser:
         if newline >= 0:
             self._emit(newline + 1, out)
             self.buffer_index = index
+        if not self.buffer:
+            self.open_since = None
+        elif newline >= 0 or self.open_since is None:
+            self.open_since = time.monotonic()
+
+    def take_partial(self, opened_before: float, out: list[list[object]]) -> None:
+        """Emit the unterminated line held if it began before `opened_before`, less any UTF-8
+        character it ends inside of. Its end, when it comes, is a line like any other."""
+        if self.buffer and self.open_since is not None and self.open_since < opened_before:
+            cut = _utf8_whole(self.buffer)
+            if cut:
+                self._emit(cut, out)
+                self.open_since = time.monotonic()  # the rest of the line waits its turn
 
     def _emit(self, cut: int, out: list[list[object]]) -> None:
         block, self.buffer = self.buffer[:cut], self.buffer[cut:]
         out.append([self.buffer_index, self.stream, block.decode("utf-8", "replace")])
 
     def _flush_partial(self, out: list[list[object]]) -> None:
+        self.open_since = None
         if self.buffer:
             out.append([self.buffer_index, self.stream, self.buffer.decode("utf-8", "replace")])
             self.buffer = b""
@@ -114,6 +131,8 @@ class Capture:
         # Python's writes not yet made entries: appended by any thread, stream 1 then 2.
         self.texts: tuple[list[str], list[str]] = ([], [])
         self.finished: list[list[object]] = []  # entries of ended inputs, for the link thread
+        # Per stream, the input whose unterminated line waits in `texts`, and since when.
+        self._open: list[tuple[int, float] | None] = [None, None]
         self.read_fds: list[int] = []
         self._parsers: dict[int, _StreamParser] = {}
         for stream in (1, 2):
@@ -173,24 +192,57 @@ class Capture:
             os.write(1, mark)
             os.write(2, mark)
 
-    def take_texts(self, out: list[list[object]]) -> None:
+    def take_texts(self, out: list[list[object]], opened_before: float = -1.0) -> None:
         """Append entries of ended inputs, and the complete lines of the running one, to `out`
-        (the link thread calls this)."""
+        (the link thread calls this). The line it is writing waits for its end, unless it
+        began before `opened_before` (a monotonic time): then it goes as it stands."""
         if not (self.finished or self.texts[0] or self.texts[1]):
             return
         with self._lock:
             out.extend(self.finished)
             self.finished.clear()
-            for stream, texts in enumerate(self.texts, 1):
+            for position, texts in enumerate(self.texts):
                 count = len(texts)
                 if not count:
                     continue
+                # Read after `count`: those writes are the running input's, because `end` of
+                # that input needs the lock we hold to take them.
+                index = self.running_index
                 text = _take_text(texts, count)
                 cut = text.rfind("\n") + 1
-                if cut < len(text) and len(text) - cut < MAX_ENTRY_BYTES:
-                    texts.insert(0, text[cut:])  # the line being written waits for its end
-                    text = text[:cut]
-                _add_entries(self.running_index, stream, text, out)
+                if cut == len(text):
+                    self._open[position] = None
+                else:
+                    opened = self._open[position]
+                    if cut or opened is None or opened[0] != index:  # a new line began
+                        opened = self._open[position] = (index, time.monotonic())
+                    if opened[1] < opened_before:  # it waited long enough: it goes, and
+                        self._open[position] = (index, time.monotonic())  # its rest waits
+                    elif len(text) - cut < MAX_ENTRY_BYTES:
+                        texts.insert(0, text[cut:])  # the line being written waits for its end
+                        text = text[:cut]
+                _add_entries(index, position + 1, text, out)
+
+    def take_partial(self, opened_before: float, out: list[list[object]]) -> None:
+        """Append everything captured, and the lines the running call began before
+        `opened_before` and has not ended (the link thread calls this while a call runs, so
+        `print(..., end="")`, `\\r` progress lines and tqdm bars show, as on a terminal)."""
+        self.take_texts(out, opened_before)
+        if any(parser.buffer for parser in self._parsers.values()):
+            with self._lock:
+                for parser in self._parsers.values():
+                    parser.take_partial(opened_before, out)
+
+    def partial_due(self, opened_before: float) -> bool:
+        """Whether a stream holds a line unterminated since before `opened_before` (cheap: the
+        link thread asks at every wake-up)."""
+        return any(
+            texts and opened is not None and opened[1] < opened_before
+            for texts, opened in zip(self.texts, self._open, strict=True)
+        ) or any(
+            parser.buffer and parser.open_since is not None and parser.open_since < opened_before
+            for parser in self._parsers.values()
+        )
 
     def read(self, fd: int, out: list[list[object]]) -> None:
         """Read what `fd` holds now and append its entries to `out` (the link thread calls this)."""
@@ -233,6 +285,18 @@ def _take_text(texts: list[str], count: int) -> str:
         return "".join(taken)
     except TypeError:  # print() gives str; a direct write of something else is shown as str
         return "".join(t if isinstance(t, str) else str(t) for t in taken)
+
+
+def _utf8_whole(data: bytes) -> int:
+    """Length of the longest prefix of `data` that does not end inside a UTF-8 character."""
+    for back in range(1, min(4, len(data)) + 1):
+        byte = data[-back]
+        if byte < 0x80:  # ASCII: what precedes it is whole
+            return len(data)
+        if byte >= 0xC0:  # a lead byte: whole if its sequence is complete
+            needed = 2 if byte < 0xE0 else 3 if byte < 0xF0 else 4
+            return len(data) if back >= needed else len(data) - back
+    return len(data)  # not UTF-8: sent as it is, decoded with replacement
 
 
 def _add_entries(index: int, stream: int, text: str, out: list[list[object]]) -> None:

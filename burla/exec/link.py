@@ -18,7 +18,10 @@ import zmq
 from burla import protocol, transport
 from burla.exec.capture import Capture
 
-# Longest a captured line waits before it is sent while a call is still running.
+# Longest a captured line waits before it is sent while a call is still running. A line left
+# unterminated this long (a progress bar, `print(..., end="")`) is sent as it stands, at once:
+# it shows within about 100 ms, as on a terminal, while a print's text and its newline, written
+# microseconds apart, stay one line (unless the writer stalls this long between the two).
 LOG_FLUSH_SECONDS = 0.05
 # While the runner is in a chunk, `due` is raised this often: its partial result batch leaves.
 RESULT_FLUSH_SECONDS = 0.005
@@ -106,11 +109,18 @@ class AgentLink:
                 self._forward_incoming()
             if self._thread_side in ready:
                 self._forward_outgoing()
-            if self._entries and time.monotonic() - self._entries_since >= LOG_FLUSH_SECONDS:
+            now = time.monotonic()
+            if self.capture.partial_due(now - LOG_FLUSH_SECONDS):
+                # That line has waited long enough: it goes now, with all held ahead of it.
+                self._gather(functools.partial(self.capture.take_partial,
+                                               now - LOG_FLUSH_SECONDS))
+                self._entries_since = 0.0
+            if self._entries and now - self._entries_since >= LOG_FLUSH_SECONDS:
                 self._flush_logs()
         if self._exiting:
             self.capture.flush_python()
         self._gather(self.capture.read_all)
+        self._gather(functools.partial(self.capture.take_partial, float("inf")))
         self._flush_logs()
         # Exiting, the last lines must reach the agent before the process ends: closing with a
         # linger and terminating the context returns once they are on the wire.

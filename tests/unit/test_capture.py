@@ -96,3 +96,91 @@ def test_python_writes_kept_in_memory_arrive_as_whole_lines_of_their_input(
                     for start in range(0, 50, 10)]
         assert stdout[1:] == expected
         assert lines[(index, 2)] == [f"{index:04d} to stderr"]
+
+
+PARTIAL_CHILD = textwrap.dedent(
+    """
+    import json, os, sys, time
+    from burla.exec.capture import Capture
+
+    capture = Capture()
+    steps = {}
+
+    def step(name, take):
+        out = []
+        take(out)
+        steps[name] = out
+
+    def later():  # a cutoff every line open now began before
+        return time.monotonic() + 1
+
+    # Python's writes, kept in memory.
+    capture.begin(3)
+    print("a\\nb", end="")
+    step("complete lines only", capture.take_texts)
+    step("too fresh", lambda out: capture.take_partial(time.monotonic() - 10, out))
+    steps["due"] = [capture.partial_due(later())]
+    step("as it stands", lambda out: capture.take_partial(later(), out))
+    print("c")
+    print("abc", end="")
+    step("held", capture.take_texts)
+    sys.stdout.write("\\n")  # its end came before it was due: one whole line
+    step("joined", lambda out: capture.take_partial(later(), out))
+    print("p", end="")
+    capture.take_texts([])
+    capture.end(3)
+    before_next = time.monotonic()
+    capture.begin(4)
+    print("q", end="")
+    step("next input", lambda out: capture.take_partial(before_next, out))
+    capture.end(4)
+    step("ended", capture.take_texts)
+
+    # fd-level writes, through the pipes, closed by separators.
+    capture.use_pipes()
+    read = lambda out: capture.read(capture.read_fds[0], out)
+    capture.begin(5)
+    os.write(1, b"50%")
+    step("pipe held", read)
+    step("pipe as it stands", lambda out: capture.take_partial(later(), out))
+    os.write(1, "é".encode()[:1])
+    read([])
+    step("half a character", lambda out: capture.take_partial(later(), out))
+    os.write(1, "é".encode()[1:] + b" done\\ntail")
+    step("pipe rest", read)
+    step("pipe tail", lambda out: capture.take_partial(later(), out))
+    capture.end(5)
+    capture.begin(6)
+    os.write(1, b"six\\n")
+    step("after the separator", read)
+    with open(sys.argv[1], "w") as out:
+        json.dump(steps, out)
+    """
+)
+
+
+@pytest.mark.timeout(40)
+def test_an_unterminated_line_goes_as_it_stands_once_due_and_keeps_its_input(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "steps.json"
+    child = subprocess.run([sys.executable, "-c", PARTIAL_CHILD, str(out)], timeout=20,
+                           capture_output=True, text=True)
+    assert child.returncode == 0, child.stderr
+    steps = json.loads(out.read_text())
+    assert steps == {
+        "complete lines only": [[3, 1, "a\n"]],
+        "too fresh": [],  # a print's text waits for its newline, written right after it
+        "due": [True],
+        "as it stands": [[3, 1, "b"]],
+        "held": [[3, 1, "c\n"]],
+        "joined": [[3, 1, "abc\n"]],
+        "next input": [[3, 1, "p"]],  # input 4's line began after the cutoff: it waits
+        "ended": [[4, 1, "q"]],
+        "pipe held": [],
+        "pipe as it stands": [[5, 1, "50%"]],
+        "half a character": [],  # never a broken UTF-8 character
+        "pipe rest": [[5, 1, "é done\n"]],
+        "pipe tail": [[5, 1, "tail"]],
+        "after the separator": [[6, 1, "six\n"]],
+    }
