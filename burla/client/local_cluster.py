@@ -138,9 +138,11 @@ def _usable_info() -> dict[str, Any] | None:
     return info if _serves_this_interpreter(info) else None
 
 
-def ensure_running() -> ClusterAddress:
-    """The embedded cluster's address, starting it first if it is not running."""
-    info = _still_known()
+def ensure_running(*, lost: bool = False) -> ClusterAddress:
+    """The embedded cluster's address, starting it first if it is not running. `lost`: a job
+    lost it, so the record kept from before is not trusted (a daemon this process started and
+    that crashed is a zombie until reaped, and its pid still exists)."""
+    info = None if lost else _still_known()
     if info is None:
         info = _usable_info()
         if info is None:
@@ -279,8 +281,11 @@ def stop(timeout: float = 10.0, *, directory: Path | None = None,
     info = read_info(directory)
     if not info:
         return False
-    pids = [int(pid) for pid in (info.get("agent_pid"), info.get("coordinator_pid"))
-            if pid and is_alive(pid)]
+    known = [int(pid) for pid in (info.get("agent_pid"), info.get("coordinator_pid")) if pid]
+    pids = [pid for pid in known if is_alive(pid)]
+    for pid in set(known) - set(pids):  # one that crashed, if this process started it
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
     if pids and reason:  # before the daemons go, so a client that sees them gone finds it
         write_private_json(directory / STOPPED_FILE, {
             "cluster": _cluster_id(str(info.get("token", ""))), "reason": reason,

@@ -10,6 +10,7 @@ embedded one restarted) with bounded backoff; unfinished chunks are uploaded aga
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import os
 import queue
 import threading
@@ -192,14 +193,15 @@ class JobSession:
                     ) from None
                 time.sleep(min(2.0, 0.1 * 2 ** min(len(tried), 5)))
                 if self.address.embedded:
-                    self.address = local_cluster.ensure_running()
+                    self.address = local_cluster.ensure_running(lost=True)
             except Exception as exc:
                 # An aborted job (an input too big, the inputs' iterator raised) frees its slots
                 # now, not after the coordinator's client-silence timeout. A detached job whose
                 # inputs are all stored runs on without us.
                 if self.spec is not None and not self.detached:
-                    self._send(sock, protocol.Cancel(
-                        self.job_id, f"the client stopped: {type(exc).__name__}"))
+                    with contextlib.suppress(transport.TransportError):  # the error says more
+                        self._send(sock, protocol.Cancel(
+                            self.job_id, f"the client stopped: {type(exc).__name__}"))
                 raise
             finally:
                 if self._ended_cleanly:
