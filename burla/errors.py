@@ -64,8 +64,8 @@ class JobNotFound(BurlaError):
     """`burla.attach` (or `burla jobs logs`) named a job the cluster neither holds nor saw end.
 
     The message names the id. Recover: check it (attach takes the id printed when the job was
-    detached), and check that this is the cluster it ran on; `burla jobs list` shows the jobs
-    kept.
+    detached), and check that this is the cluster it ran on (each Python environment has its
+    own embedded cluster); `burla jobs list` shows the jobs kept.
     """
 
 

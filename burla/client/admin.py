@@ -60,7 +60,11 @@ def embedded_down() -> str:
     return EMBEDDED_DOWN.format(prefix=here["prefix"], version=here["python_version"])
 
 
-def cluster_status(address: ClusterAddress) -> dict[str, Any]:
+def cluster_status(address: ClusterAddress | None = None) -> dict[str, Any]:
+    """The status reply of `address` (default: the cluster in use, which must be running)."""
+    address = address or cluster_address()
+    if address is None:
+        raise ClusterUnreachable(embedded_down())
     answer = request(address, protocol.StatusRequest())
     assert isinstance(answer, protocol.StatusReply)
     return answer.info
