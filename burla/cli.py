@@ -35,44 +35,77 @@ for _daemon in daemon_cli.SUMMARIES:
     _forward_to_daemon(_daemon)
 
 
+def _describe(python: dict[str, str]) -> str:
+    """An interpreter as people know it: its environment, version and executable."""
+    return (f"environment {python.get('prefix', '?')} (Python {python.get('python_version', '?')}, "
+            f"{python.get('executable', '?')})")
+
+
 @local_app.command("up")
 def local_up() -> None:
-    """Start the embedded cluster (if not running) and print its address."""
+    """Start this interpreter's embedded cluster (if not running) and print its address."""
     from burla.client import local_cluster
 
     address = local_cluster.ensure_running()
-    typer.echo(f"embedded cluster running at {address.endpoint}")
+    typer.echo(f"embedded cluster running at {address.endpoint} for "
+               f"{_describe(local_cluster.interpreter())}")
 
 
 @local_app.command("down")
-def local_down() -> None:
-    """Stop the embedded cluster."""
+def local_down(
+    all_: bool = typer.Option(False, "--all", help="Stop every interpreter's embedded cluster."),
+) -> None:
+    """Stop this interpreter's embedded cluster; jobs running on it end with JobCanceled."""
     from burla.client import local_cluster
 
-    stopped = local_cluster.stop()
-    typer.echo("embedded cluster stopped" if stopped else "embedded cluster was not running")
+    reason = "`burla local down`"
+    if all_:
+        stopped = [d for d in local_cluster.all_directories()
+                   if local_cluster.stop(directory=d, reason=reason)]
+        typer.echo(f"stopped {len(stopped)} embedded cluster(s)")
+        return
+    here = _describe(local_cluster.interpreter())
+    if local_cluster.stop(reason=reason):
+        typer.echo(f"embedded cluster stopped for {here}")
+    else:
+        typer.echo(f"embedded cluster was not running for {here}")
 
 
 @local_app.command("status")
 def local_status() -> None:
-    """Say whether the embedded cluster runs, and where."""
+    """Say whether this interpreter's embedded cluster runs, where, and which others run."""
     from burla.client import local_cluster
+    from burla.client.admin import embedded_down
 
+    here = local_cluster.state_dir()
+    for directory in local_cluster.all_directories():
+        other = local_cluster.running_info(directory) if directory != here else None
+        if other is not None:
+            typer.echo(f"also running: an embedded cluster at {other['endpoint']} for "
+                       f"{_describe(other.get('python') or {})}")
     info = local_cluster.running_info()
     if info is None:
-        typer.echo("embedded cluster: not running")
+        typer.echo(embedded_down())
         raise typer.Exit(1)
-    typer.echo(f"embedded cluster: running at {info['endpoint']} "
-               f"(coordinator pid {info['coordinator_pid']}, agent pid {info['agent_pid']})")
+    typer.echo(f"embedded cluster: running at {info['endpoint']} for "
+               f"{_describe(info.get('python') or {})} (coordinator pid "
+               f"{info['coordinator_pid']}, agent pid {info['agent_pid']})")
 
 
 @app.command()
 def status() -> None:
-    """Show the nodes, slots and jobs of the cluster this machine uses."""
-    from burla.client.admin import cluster_status
+    """Show the nodes, slots and jobs of the cluster this machine uses (starts nothing)."""
+    from burla.client.admin import cluster_address, cluster_status, embedded_down
 
-    info = cluster_status()
-    typer.echo(f"cluster {info['endpoint']} (burla {info['version']})")
+    address = cluster_address()
+    if address is None:
+        typer.echo(embedded_down())
+        raise typer.Exit(1)
+    info = cluster_status(address)
+    typer.echo(f"cluster {info['endpoint']} (burla {info['version']}), chosen by {address.source}")
+    if "python" in info:
+        runs = "calls run in" if address.embedded else "its coordinator runs in"
+        typer.echo(f"  {runs} {_describe(info['python'])}")
     for node in info["nodes"]:
         gpus = f", GPUs {node['gpus']}" if node["gpus"] else ""
         typer.echo(f"  node {node['agent_id']}: {node['used_cpus']}/{node['cpus']} CPUs in use, "

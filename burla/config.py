@@ -76,7 +76,7 @@ def configured_cluster(api_key: str | None) -> ClusterAddress | None:
         return ClusterAddress(saved["address"], token or saved["token"], False, str(path))
     if api_key:
         raise ValueError(
-            "api_key= was given but no cluster address is configured: set BURLA_CLUSTER "
-            "or run `burla login`"
+            "api_key= was given but no cluster address is configured: set BURLA_CLUSTER to "
+            "the coordinator's endpoint (e.g. tcp://10.0.0.2:7700)"
         )
     return None

@@ -10,15 +10,16 @@ class BurlaError(Exception):
 class NoNodes(BurlaError):
     """The cluster has no nodes at all.
 
-    Recover: start one (`burla local up`), or pass `grow=True` so the cluster boots nodes.
+    Recover: start an agent for it (`burla agent --coordinator ENDPOINT`), or use the embedded
+    cluster (unset BURLA_CLUSTER; `burla local up`). (`grow=True` boots nothing yet.)
     """
 
 
 class NoCompatibleNodes(BurlaError):
     """No node can run this job: wrong image, GPU type, Python version, or too little CPU/RAM.
 
-    The message names the request, what the nodes do offer, and suggests `grow=True`.
-    Recover: lower the request, or pass `grow=True` to boot matching nodes.
+    The message names the request and what the nodes do offer. Recover: change the request to
+    fit a node, or add a node that fits (`burla agent`). (`grow=True` boots nothing yet.)
     """
 
     def __init__(self, message: str, reason: str = "") -> None:
@@ -73,7 +74,27 @@ class OutOfMemory(NodeDisconnected):
 
 
 class JobCanceled(BurlaError):
-    """The job was cancelled (Ctrl-C, `burla jobs cancel`, or the cluster shut down)."""
+    """The job was cancelled: Ctrl-C, `burla jobs cancel`, or `burla local down` stopped the
+    embedded cluster under it. The message says which. Recover: run the job again.
+    """
+
+
+class JobNotFound(BurlaError):
+    """`burla.attach` (or `burla jobs logs`) named a job the cluster neither holds nor saw end.
+
+    The message names the id. Recover: check it (attach takes the id printed when the job was
+    detached), and check that this is the cluster it ran on (each Python environment has its
+    own embedded cluster); `burla jobs list` shows the jobs kept.
+    """
+
+
+class JobCollected(BurlaError):
+    """A detached job's results went to another process: it collected them all (the job is
+    gone; the message says when), or it attached after this one and collects them now.
+
+    Results are delivered to one process only. Recover: use them where they were collected, or
+    run the job again.
+    """
 
 
 class VersionMismatch(BurlaError):
@@ -86,14 +107,16 @@ class VersionMismatch(BurlaError):
 class Unauthorized(BurlaError):
     """The cluster refused our credentials.
 
-    Recover: run `burla login`, or pass a valid `api_key=`.
+    Recover: pass the cluster's token as `api_key=` or in BURLA_API_KEY (the coordinator's
+    `--token-file` holds it).
     """
 
 
 class ClusterUnreachable(BurlaError):
     """No answer from the cluster within the connect timeout; the message says what was tried.
 
-    Recover: check the address (`BURLA_CLUSTER`, `burla login`), or `burla local up`.
+    Recover: check the address in BURLA_CLUSTER, or unset it to use the embedded cluster
+    (`burla local up`).
     """
 
 
@@ -122,6 +145,8 @@ ALL_ERRORS = (
     NodeDisconnected,
     OutOfMemory,
     JobCanceled,
+    JobNotFound,
+    JobCollected,
     VersionMismatch,
     Unauthorized,
     ClusterUnreachable,

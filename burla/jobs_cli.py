@@ -7,14 +7,28 @@ from typing import Any
 
 import typer
 
+from burla.config import ClusterAddress
+
 jobs_app = typer.Typer(help="Your jobs on the cluster in use (detached ones are kept until "
                             "their results are collected).", no_args_is_help=True)
+
+
+def _address() -> ClusterAddress:
+    """The cluster in use; exits, saying so, if that is the embedded one and it is down (a
+    question must not start it)."""
+    from burla.client.admin import cluster_address, embedded_down
+
+    address = cluster_address()
+    if address is None:
+        typer.echo(embedded_down(), err=True)
+        raise typer.Exit(1)
+    return address
 
 
 def _jobs() -> list[dict[str, Any]]:
     from burla.client.admin import cluster_status
 
-    return list(cluster_status()["jobs"])
+    return list(cluster_status(_address())["jobs"])
 
 
 def _state(job: dict[str, Any]) -> str:
@@ -53,11 +67,11 @@ def show(job_id: str) -> None:
 def logs(job_id: str) -> None:
     """The output lines a detached job printed (kept up to 100,000 lines)."""
     from burla import protocol
-    from burla.client.admin import cluster_address, request
+    from burla.client.admin import request
     from burla.errors import BurlaError
 
     try:
-        reply = request(cluster_address(), protocol.JobLogsRequest(job_id))
+        reply = request(_address(), protocol.JobLogsRequest(job_id))
     except BurlaError as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(1) from None
@@ -72,9 +86,9 @@ def logs(job_id: str) -> None:
 def cancel(job_id: str) -> None:
     """Stop a job: its running calls are killed and its inputs and results dropped."""
     from burla import protocol
-    from burla.client.admin import cluster_address, request
+    from burla.client.admin import request
 
-    reply = request(cluster_address(), protocol.Cancel(job_id, "cancelled with `burla jobs "
+    reply = request(_address(), protocol.Cancel(job_id, "cancelled with `burla jobs "
                                                               "cancel`"))
     known = isinstance(reply, protocol.JobFailed) and reply.message != "already over"
     typer.echo(f"job {job_id} cancelled" if known else f"no running job {job_id!r} of yours")

@@ -16,6 +16,11 @@ from burla.errors import ClusterUnreachable
 
 # Longest wait for any answer from the cluster.
 REQUEST_TIMEOUT_SECONDS = 10.0
+# What people are told when the cluster in use is the embedded one and it is not running.
+EMBEDDED_DOWN = (
+    "embedded cluster: not running for {prefix} (Python {version}). `burla local up` starts it "
+    "(with any detached jobs it kept), and so does the next remote_parallel_map call."
+)
 
 
 def request(address: ClusterAddress, msg: protocol.Message) -> protocol.Message:
@@ -38,11 +43,28 @@ def request(address: ClusterAddress, msg: protocol.Message) -> protocol.Message:
         sock.close(linger=0)
 
 
-def cluster_address() -> ClusterAddress:
-    return configured_cluster(None) or local_cluster.ensure_running()
+def cluster_address() -> ClusterAddress | None:
+    """The cluster in use; None when that is the embedded one and it is not running (asking
+    it anything would start it)."""
+    configured = configured_cluster(None)
+    if configured is not None:
+        return configured
+    info = local_cluster.running_info()
+    if info is None:
+        return None
+    return ClusterAddress(info["endpoint"], info["token"], True, "the embedded local cluster")
 
 
-def cluster_status() -> dict[str, Any]:
-    answer = request(cluster_address(), protocol.StatusRequest())
+def embedded_down() -> str:
+    here = local_cluster.interpreter()
+    return EMBEDDED_DOWN.format(prefix=here["prefix"], version=here["python_version"])
+
+
+def cluster_status(address: ClusterAddress | None = None) -> dict[str, Any]:
+    """The status reply of `address` (default: the cluster in use, which must be running)."""
+    address = address or cluster_address()
+    if address is None:
+        raise ClusterUnreachable(embedded_down())
+    answer = request(address, protocol.StatusRequest())
     assert isinstance(answer, protocol.StatusReply)
     return answer.info

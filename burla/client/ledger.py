@@ -10,6 +10,33 @@ from __future__ import annotations
 
 import bisect
 from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Results of consecutive inputs from `first`; `fresh` marks those not seen before
+    (None: all of them), `errors` the indexes whose value is an exception."""
+
+    first: int
+    values: list[Any]
+    errors: set[int]
+    fresh: list[bool] | None
+
+    def runs(self) -> list[tuple[int, list[Any]]]:
+        """(first index, values) for each stretch of results new to the caller."""
+        if self.fresh is None:
+            return [(self.first, self.values)]
+        runs: list[tuple[int, list[Any]]] = []
+        for position, new in enumerate(self.fresh):
+            if not new:
+                continue
+            index = self.first + position
+            if runs and runs[-1][0] + len(runs[-1][1]) == index:
+                runs[-1][1].append(self.values[position])
+            else:
+                runs.append((index, [self.values[position]]))
+        return runs
 
 
 @dataclass

@@ -1,16 +1,22 @@
 """The embedded per-user cluster: a coordinator and one agent as background processes.
 
-The first call on a machine starts it; later calls and other processes reuse it (a file lock
-makes sure only one starts it); it stops itself after an idle timeout. Readiness is learned
-over NOTIFY_SOCKET, the same READY=1 that systemd gets, never by sleeping.
+There is one per interpreter (sys.prefix and Python version): its daemons and executors run
+the interpreter that started it, so a call never runs in another environment's Python. The first
+call starts it; later calls and other processes of that interpreter reuse it (a file lock makes
+sure only one starts it); it stops itself after an idle timeout. Readiness is learned over
+NOTIFY_SOCKET, the same READY=1 that systemd gets, never by sleeping.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
+import hashlib
 import json
 import os
+import platform
+import re
 import signal
 import socket
 import subprocess
@@ -34,21 +40,53 @@ IDLE_TIMEOUT_SECONDS = float(os.environ.get("BURLA_LOCAL_IDLE_TIMEOUT", "900"))
 START_TIMEOUT_SECONDS = 30.0
 # The agent stops when it has heard nothing from its coordinator for this long.
 AGENT_ORPHAN_SECONDS = 30.0
+# What `burla local down` writes beside the record of the cluster it stopped, so that a job of
+# that cluster ends instead of starting it again.
+STOPPED_FILE = "stopped.json"
 
 
-def state_dir() -> Path:
+def interpreter() -> dict[str, str]:
+    """The interpreter and environment this process's embedded cluster runs."""
+    return {"executable": sys.executable, "prefix": sys.prefix,
+            "python_version": platform.python_version()}
+
+
+@functools.cache
+def interpreter_key() -> str:
+    """This interpreter's cluster directory name: readable, and unique to sys.prefix and the
+    Python minor version (two Pythons may share a prefix, as /usr often does)."""
+    minor = ".".join(platform.python_version().split(".")[:2])
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(sys.prefix).name)[:40] or "root"
+    digest = hashlib.sha256(f"{sys.prefix}\0{minor}".encode()).hexdigest()[:10]
+    return f"{name}-py{minor}-{digest}"
+
+
+def clusters_dir() -> Path:
+    """Where every interpreter's embedded cluster keeps its state, one directory each."""
     return user_state_dir() / "local"
 
 
-def cluster_file() -> Path:
-    return state_dir() / "cluster.json"
+def state_dir() -> Path:
+    return clusters_dir() / interpreter_key()
 
 
-def read_info() -> dict[str, Any] | None:
+def cluster_file(directory: Path | None = None) -> Path:
+    return (directory or state_dir()) / "cluster.json"
+
+
+def read_info(directory: Path | None = None) -> dict[str, Any] | None:
     try:
-        return dict(json.loads(cluster_file().read_text()))
+        return dict(json.loads(cluster_file(directory).read_text()))
     except (OSError, ValueError):
         return None
+
+
+def all_directories() -> list[Path]:
+    """The state directories of every interpreter's embedded cluster that has a record, this
+    one's included (and that of a burla before clusters were per interpreter)."""
+    root = clusters_dir()
+    found = sorted(p.parent for p in root.glob("*/cluster.json"))
+    return found + [root] if cluster_file(root).exists() else found
 
 
 def exists(pid: int | None) -> bool:
@@ -74,27 +112,42 @@ def is_alive(pid: int | None) -> bool:
         return False
 
 
-def running_info() -> dict[str, Any] | None:
-    """The embedded cluster's record, if both daemons run and are of this burla version."""
-    info = read_info()
-    if (
-        info
-        and info.get("version") == _VERSION  # an upgrade restarts it on the new code
-        and is_alive(info.get("coordinator_pid"))
-        and is_alive(info.get("agent_pid"))
-    ):
+def running_info(directory: Path | None = None) -> dict[str, Any] | None:
+    """The record of the embedded cluster in `directory` (default: this interpreter's), if
+    both its daemons run."""
+    info = read_info(directory)
+    if info and is_alive(info.get("coordinator_pid")) and is_alive(info.get("agent_pid")):
         return info
     return None
 
 
-def ensure_running() -> ClusterAddress:
-    """The embedded cluster's address, starting it first if it is not running."""
-    info = _still_known()
+def _serves_this_interpreter(info: dict[str, Any] | None) -> bool:
+    """The cluster runs this burla and this interpreter; any other is restarted on them."""
+    python = (info or {}).get("python") or {}
+    here = interpreter()
+    return bool(
+        info
+        and info.get("version") == _VERSION  # an upgrade restarts it on the new code
+        and python.get("prefix") == here["prefix"]
+        and python.get("python_version") == here["python_version"]
+    )
+
+
+def _usable_info() -> dict[str, Any] | None:
+    info = running_info()
+    return info if _serves_this_interpreter(info) else None
+
+
+def ensure_running(*, lost: bool = False) -> ClusterAddress:
+    """The embedded cluster's address, starting it first if it is not running. `lost`: a job
+    lost it, so the record kept from before is not trusted (a daemon this process started and
+    that crashed is a zombie until reaped, and its pid still exists)."""
+    info = None if lost else _still_known()
     if info is None:
-        info = running_info()
+        info = _usable_info()
         if info is None:
             with _lock():
-                info = running_info() or start()
+                info = _usable_info() or start()
         _remember(info)
     return ClusterAddress(info["endpoint"], info["token"], True, "the embedded local cluster")
 
@@ -157,7 +210,8 @@ def start() -> dict[str, Any]:
     }
     pids = _start_and_wait(commands, directory)
     info = {"endpoint": endpoint, "token": token, "coordinator_pid": pids["coordinator"],
-            "agent_pid": pids["agent"], "started_at": time.time(), "version": _VERSION}
+            "agent_pid": pids["agent"], "started_at": time.time(), "version": _VERSION,
+            "python": interpreter()}
     write_private_json(cluster_file(), info)
     return info
 
@@ -218,13 +272,24 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def stop(timeout: float = 10.0) -> bool:
-    """Stop the embedded cluster if it runs; True if something was stopped."""
-    info = read_info()
+def stop(timeout: float = 10.0, *, directory: Path | None = None,
+         reason: str = "") -> bool:
+    """Stop the embedded cluster in `directory` (default: this interpreter's) if it runs; True if
+    something was stopped. With a `reason` (a deliberate stop, as by `burla local down`), its
+    jobs' clients end them with that reason instead of starting the cluster again."""
+    directory = directory or state_dir()
+    info = read_info(directory)
     if not info:
         return False
-    pids = [int(pid) for pid in (info.get("agent_pid"), info.get("coordinator_pid"))
-            if pid and is_alive(pid)]
+    known = [int(pid) for pid in (info.get("agent_pid"), info.get("coordinator_pid")) if pid]
+    pids = [pid for pid in known if is_alive(pid)]
+    for pid in set(known) - set(pids):  # one that crashed, if this process started it
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+    if pids and reason:  # before the daemons go, so a client that sees them gone finds it
+        write_private_json(directory / STOPPED_FILE, {
+            "cluster": _cluster_id(str(info.get("token", ""))), "reason": reason,
+            "at": time.time()})
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
@@ -236,5 +301,24 @@ def stop(timeout: float = 10.0) -> bool:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
     with contextlib.suppress(FileNotFoundError):
-        cluster_file().unlink()
+        cluster_file(directory).unlink()
     return bool(pids)
+
+
+def deliberate_stop(address: ClusterAddress) -> str | None:
+    """Why the embedded cluster at `address` is gone, if it was stopped on purpose (by `burla
+    local down`), in words; None if not: a crashed cluster is started again, a stopped one not."""
+    try:
+        marker = json.loads((state_dir() / STOPPED_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    if marker.get("cluster") != _cluster_id(address.token):
+        return None  # the stop of an earlier run of the cluster
+    when = time.strftime("%H:%M:%S", time.localtime(float(marker.get("at", 0))))
+    return f"the embedded cluster was stopped by {marker.get('reason')} at {when}"
+
+
+def _cluster_id(token: str) -> str:
+    # Each start makes a new token, so it names one run of the cluster; the marker holds its
+    # hash, never the token itself.
+    return hashlib.sha256(token.encode()).hexdigest()[:16]

@@ -14,6 +14,8 @@ _ERRORS_BY_KIND: dict[str, type[errors.BurlaError]] = {
     "version": errors.VersionMismatch,
     "unauthorized": errors.Unauthorized,
     "canceled": errors.JobCanceled,
+    "unknown_job": errors.JobNotFound,
+    "collected": errors.JobCollected,
     "node_disconnected": errors.NodeDisconnected,
     "unreachable": errors.ClusterUnreachable,
 }

@@ -10,6 +10,7 @@ embedded one restarted) with bounded backoff; unfinished chunks are uploaded aga
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import os
 import queue
 import threading
@@ -25,11 +26,11 @@ from burla import __version__, protocol, transport
 from burla.client import local_cluster
 from burla.client.chunking import Chunker
 from burla.client.connections import CLOSE_LINGER_MS, CONNECTIONS, new_connection
-from burla.client.ledger import Ledger
+from burla.client.ledger import Batch, Ledger
 from burla.client.results import decode_results, error_for
 from burla.client.waker import Waker
 from burla.config import PEER_TIMEOUT_SECONDS, PING_INTERVAL_SECONDS, ClusterAddress
-from burla.errors import ClusterUnreachable
+from burla.errors import ClusterUnreachable, JobCanceled
 
 # Uploads sent per loop turn before incoming results are read again.
 UPLOADS_PER_TURN = 8
@@ -53,32 +54,6 @@ _LAST_GRANT: dict[str, int] = {}
 # Job threads are kept between calls: starting a thread costs more than a small job's round trip.
 _IO_THREADS = concurrent.futures.ThreadPoolExecutor(max_workers=256,
                                                     thread_name_prefix="burla-job")
-
-
-@dataclass(frozen=True)
-class Batch:
-    """Results of consecutive inputs from `first`; `fresh` marks those not seen before
-    (None: all of them), `errors` the indexes whose value is an exception."""
-
-    first: int
-    values: list[Any]
-    errors: set[int]
-    fresh: list[bool] | None
-
-    def runs(self) -> list[tuple[int, list[Any]]]:
-        """(first index, values) for each stretch of results new to the caller."""
-        if self.fresh is None:
-            return [(self.first, self.values)]
-        runs: list[tuple[int, list[Any]]] = []
-        for position, new in enumerate(self.fresh):
-            if not new:
-                continue
-            index = self.first + position
-            if runs and runs[-1][0] + len(runs[-1][1]) == index:
-                runs[-1][1].append(self.values[position])
-            else:
-                runs.append((index, [self.values[position]]))
-        return runs
 
 
 class _Reconnect(Exception):
@@ -209,6 +184,8 @@ class JobSession:
                 now = time.monotonic()
                 lost_at = lost_at or now
                 tried.append(f"{self.address.endpoint}: {why}")
+                if self.address.embedded:
+                    self._end_if_stopped_on_purpose()
                 if now - lost_at > RECONNECT_SECONDS:
                     raise ClusterUnreachable(
                         f"lost the cluster and could not get it back in {RECONNECT_SECONDS:.0f}s "
@@ -216,12 +193,34 @@ class JobSession:
                     ) from None
                 time.sleep(min(2.0, 0.1 * 2 ** min(len(tried), 5)))
                 if self.address.embedded:
-                    self.address = local_cluster.ensure_running()
+                    self.address = local_cluster.ensure_running(lost=True)
+            except Exception as exc:
+                # An aborted job (an input too big, the inputs' iterator raised) frees its slots
+                # now, not after the coordinator's client-silence timeout. A detached job whose
+                # inputs are all stored runs on without us.
+                if self.spec is not None and not self.detached:
+                    with contextlib.suppress(transport.TransportError):  # the error says more
+                        self._send(sock, protocol.Cancel(
+                            self.job_id, f"the client stopped: {type(exc).__name__}"))
+                raise
             finally:
                 if self._ended_cleanly:
                     CONNECTIONS.give_back(endpoint, sock, token)
                 else:
                     sock.close(linger=CLOSE_LINGER_MS)
+
+    def _end_if_stopped_on_purpose(self) -> None:
+        """Raise JobCanceled if the embedded cluster is gone because `burla local down` stopped
+        it: that must not start it again and re-run the inputs (a crash does, and resumes)."""
+        stopped = local_cluster.deliberate_stop(self.address)
+        if stopped is None:
+            return
+        if self.detached:  # its inputs are stored: the job comes back with the cluster
+            raise JobCanceled(f"{stopped}. Detached job {self.job_id} is kept in its store: "
+                              f"`burla local up` resumes it, and burla.attach('{self.job_id}') "
+                              f"collects its results.")
+        raise JobCanceled(f"{stopped}, so this job's calls were stopped; run it again to "
+                          f"finish it.")
 
     def _serve(self, sock: zmq.Socket[Any], first: bool, welcomed: bool) -> None:
         """Run the job on `sock`; `welcomed`: the coordinator knows this connection already (if
@@ -302,7 +301,7 @@ class JobSession:
                 raise ClusterUnreachable(
                     f"the cluster at {self.address.endpoint} (chosen by {self.address.source}) "
                     f"did not answer for {silent:.1f}s. Check that it runs (`burla status`), "
-                    f"or set BURLA_CLUSTER / run `burla login` to use another."
+                    f"or set BURLA_CLUSTER to use another."
                 )
         elif now - last_heard > PEER_TIMEOUT_SECONDS:
             raise _Reconnect(f"silent for {now - last_heard:.1f}s")

@@ -1,9 +1,11 @@
 """SQLite (WAL) job store in the coordinator's state dir: what must outlive the coordinator.
 
 Detached jobs live here: their function, input chunks until run, results until collected, and
-their output lines. A restarted coordinator resumes them from here. Attached jobs are not
-written: their client holds every unfinished chunk and uploads it again after a restart (writing
-each 1 MB chunk costs ~6 ms here, more than the whole relay). Never unpickles user data.
+their output lines. A restarted coordinator resumes them from here. Once one is over (collected
+or cancelled), a short record of how and when stays, so that a later attach is told. Attached
+jobs are not written: their client holds every unfinished chunk and uploads it again after a
+restart (writing each 1 MB chunk costs ~6 ms here, more than the whole relay). Never unpickles
+user data.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ import msgpack
 
 # Output lines kept per detached job; later lines are counted, not stored.
 MAX_LOG_LINES_PER_JOB = 100_000
+# Detached jobs that are over whose end is remembered (the latest); a few hundred bytes each.
+MAX_ENDED_JOBS = 10_000
 
 _SCHEMA = """
 create table if not exists functions (hash text primary key, data blob not null);
@@ -38,6 +42,9 @@ create table if not exists results (
 create index if not exists results_by_job on results (job_id, first_index);
 create table if not exists logs (id integer primary key, job_id text not null, entries blob);
 create index if not exists logs_by_job on logs (job_id);
+create table if not exists ended (
+    seq integer primary key autoincrement, job_id text unique not null, owner text not null,
+    outcome text not null, detail text not null, ended_at real not null);
 """
 
 
@@ -56,6 +63,18 @@ class StoredJob:
     submitted_at: float
     done: int
     chunks: list[tuple[int, int, int, int]]  # (chunk_id, first_index, count, reported)
+
+
+@dataclass(frozen=True)
+class EndedJob:
+    """How a detached job ended: `outcome` "collected" or "canceled", `detail` (why it was
+    cancelled), and `ended_at`, a Unix time."""
+
+    job_id: str
+    owner: str
+    outcome: str
+    detail: str
+    ended_at: float
 
 
 @dataclass(frozen=True)
@@ -135,8 +154,22 @@ class JobStore:
 
     def delete_job(self, job_id: str) -> None:
         with self.db:
-            for table in ("jobs", "chunks", "results", "logs"):
-                self.db.execute(f"delete from {table} where job_id = ?", (job_id,))  # noqa: S608
+            self._delete(job_id)
+
+    def end_job(self, job_id: str, owner: str, outcome: str, detail: str = "") -> None:
+        """Drop the job's data, and remember that it ended, how and when (the latest
+        MAX_ENDED_JOBS ends are kept)."""
+        with self.db:
+            self._delete(job_id)
+            self.db.execute(
+                "insert or replace into ended (job_id, owner, outcome, detail, ended_at) "
+                "values (?, ?, ?, ?, ?)", (job_id, owner, outcome, detail, time.time()))
+            self.db.execute("delete from ended where seq <= (select max(seq) from ended) - ?",
+                            (MAX_ENDED_JOBS,))
+
+    def _delete(self, job_id: str) -> None:
+        for table in ("jobs", "chunks", "results", "logs"):
+            self.db.execute(f"delete from {table} where job_id = ?", (job_id,))  # noqa: S608
 
     # --- reads ----------------------------------------------------------------------------
 
@@ -151,6 +184,11 @@ class JobStore:
         if row is None:
             raise KeyError(f"chunk {chunk_id} of job {job_id} is not in the store")
         return bytes(row[0])
+
+    def ended(self, job_id: str) -> EndedJob | None:
+        row = self.db.execute("select job_id, owner, outcome, detail, ended_at from ended "
+                              "where job_id = ?", (job_id,)).fetchone()
+        return EndedJob(*row) if row else None
 
     def results(self, job_id: str) -> Iterator[StoredResults]:
         """The job's stored result batches, read one at a time (writes may go on meanwhile)."""

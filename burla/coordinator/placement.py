@@ -6,7 +6,9 @@ from collections.abc import Iterable
 
 from burla.coordinator.state import Node, Request
 
-GROW_ADVICE = "Pass grow=True to boot nodes that match, or change the request."
+# What to do when no node fits (grow=True boots nothing yet, so it is not advised).
+FIT_ADVICE = ("Change the request to fit a node, or start an agent that fits on another "
+               "machine (`burla agent --coordinator ENDPOINT --token-file FILE`).")
 
 
 def incompatibility(request: Request, nodes: Iterable[Node]) -> tuple[str, str] | None:
@@ -19,8 +21,8 @@ def incompatibility(request: Request, nodes: Iterable[Node]) -> tuple[str, str] 
         return "python", (
             f"no node runs Python {request.python_version} (the client's); nodes run Python "
             f"{', '.join(versions)}. Functions are pickled, so both sides need the same minor "
-            f"version: run the client on Python {versions[0]}, or add nodes on "
-            f"{request.python_version}. {GROW_ADVICE}"
+            f"version: run the client on Python {versions[0]}, or start an agent on Python "
+            f"{request.python_version} (`burla agent --coordinator ENDPOINT --token-file FILE`)."
         )
     candidates = same_python
     if request.image:
@@ -29,7 +31,7 @@ def incompatibility(request: Request, nodes: Iterable[Node]) -> tuple[str, str] 
             images = sorted({n.image or "(none)" for n in same_python})
             return "image", (
                 f"no node runs image={request.image!r}; images available: "
-                f"{', '.join(images)}. {GROW_ADVICE}"
+                f"{', '.join(images)}. {FIT_ADVICE}"
             )
     if request.func_gpu:
         candidates = [n for n in candidates if request.func_gpu in n.gpus]
@@ -37,7 +39,7 @@ def incompatibility(request: Request, nodes: Iterable[Node]) -> tuple[str, str] 
             gpus = sorted({g for n in same_python for g in n.gpus}) or ["none"]
             return "gpu", (
                 f"no node has a {request.func_gpu} GPU (func_gpu={request.func_gpu!r}); GPUs "
-                f"available: {', '.join(gpus)}. {GROW_ADVICE}"
+                f"available: {', '.join(gpus)}. {FIT_ADVICE}"
             )
     if not any(request.slots_on(n, free_only=False) for n in candidates):
         biggest_cpu = max(n.cpus for n in candidates)
@@ -46,7 +48,7 @@ def incompatibility(request: Request, nodes: Iterable[Node]) -> tuple[str, str] 
         return "resources", (
             f"no node is big enough for one call of func_cpu={request.func_cpu}, {ram}; "
             f"the largest node has {biggest_cpu} CPUs and {biggest_ram} GB. Nodes: {offered}. "
-            f"{GROW_ADVICE}"
+            f"{FIT_ADVICE}"
         )
     return None
 

@@ -17,7 +17,7 @@ import structlog
 
 from burla import protocol
 from burla.config import PEER_TIMEOUT_SECONDS
-from burla.coordinator import placement
+from burla.coordinator import ended, placement
 from burla.coordinator.delivery import ResultStream
 from burla.coordinator.functions import FunctionCache, nbytes
 from burla.coordinator.jobstore import JobStore
@@ -120,7 +120,9 @@ class Scheduler:
         if not self.nodes:
             return [(peer, protocol.Refuse(
                 "no_nodes",
-                "the cluster has no nodes. Start one with `burla local up`, or pass grow=True.",
+                "the cluster has no nodes. Start an agent for it on a machine (`burla agent "
+                "--coordinator ENDPOINT --token-file FILE`), or use the embedded cluster "
+                "(`burla local up`, with BURLA_CLUSTER unset).",
                 msg.job_id))]
         request = Request(msg.func_cpu, msg.func_ram, msg.func_gpu, msg.image, msg.python_version)
         problem = placement.incompatibility(request, self.nodes.values())
@@ -142,13 +144,11 @@ class Scheduler:
                  function=msg.function_name, detach=job.detach)
         return [(peer, protocol.Accept(job.job_id, job.slots, UPLOAD_WINDOW_BYTES, -1))] + out
 
-    def attach(self, peer: bytes, owner: str, job_id: str, now: float) -> Out:
+    def attach(self, peer: bytes, owner: str, job_id: str, now: float, wall: float) -> Out:
+        """A client collects a detached job; `wall` (Unix time) dates a refusal's words."""
         job = self.jobs.get(job_id)
-        if job is None or job.owner != owner:
-            return [(peer, protocol.Refuse(
-                "unknown_job", f"no job {job_id!r} of yours is on this cluster; `burla jobs "
-                f"list` shows the ones kept (a job is kept until its results are collected)",
-                job_id))]
+        if job is None or job.owner != owner:  # collected, cancelled, or never here
+            return [(peer, ended.attach_refusal(self.store.ended(job_id), owner, job_id, wall))]
         if not job.inputs_done:
             return [(peer, protocol.Refuse(
                 "uploading", f"job {job_id!r} is still receiving its inputs from the process "
@@ -162,6 +162,8 @@ class Scheduler:
         job.client_seen = now
         total = job.total if job.total is not None and job.inputs_done else -1
         out: Out = [(peer, protocol.Accept(job.job_id, job.slots, UPLOAD_WINDOW_BYTES, total))]
+        if job.client and job.client != peer:  # the one following it until now stops
+            out.insert(0, (job.client, ended.taken_over(job.job_id)))
         if job.detach and job.inputs_done:
             out.append((peer, protocol.Stored(job.job_id, job.total or 0)))
         replay = self._replay(job) if job.detach else None
@@ -177,7 +179,7 @@ class Scheduler:
         """Take back the detached jobs a previous coordinator left in the store."""
         for stored in self.store.jobs():
             if stored.canceled:
-                self.store.delete_job(stored.job_id)
+                self.store.end_job(stored.job_id, stored.owner, "canceled", stored.canceled)
                 continue
             function = self.store.function(stored.function_hash)
             if function is not None:
@@ -261,15 +263,17 @@ class Scheduler:
                 out += self.allocate(job)
         return out
 
-    def end_job(self, job: Job, *, kill: bool) -> Out:
+    def end_job(self, job: Job, *, kill: bool, canceled: str = "") -> Out:
+        """Forget the job and free its slots: collected, or `canceled` for that reason."""
         out: Out = []
         for agent_id in list(job.allocations):
             out += self.release(job, agent_id, kill=kill)
         self.jobs.pop(job.job_id, None)
         if job.job_id in self.queued:
             self.queued.remove(job.job_id)
-        if job.detach:
-            self.store.delete_job(job.job_id)
+        if job.detach:  # a later attach is told how it ended
+            outcome = "canceled" if canceled else "collected"
+            self.store.end_job(job.job_id, job.owner, outcome, canceled)
         return out + self.allocate_queued()
 
     def cancel(self, job_id: str, owner: str | None, why: str) -> Out:
@@ -278,7 +282,7 @@ class Scheduler:
             return []
         log.info("job_canceled", job=job_id, why=why)
         out: Out = [(job.client, protocol.JobFailed(job_id, "canceled", why))] if job.client else []
-        return out + self.end_job(job, kill=True)
+        return out + self.end_job(job, kill=True, canceled=why)
 
     # --- uploads ------------------------------------------------------------------------------
 

@@ -11,6 +11,8 @@ import asyncio
 import getpass
 import hmac
 import os
+import platform
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -140,8 +142,9 @@ class Coordinator:
             owner = self.authenticate(msg.token)
             if owner is None:
                 self.channel.send(protocol.Refuse(
-                    "unauthorized", "the cluster refused this token: run `burla login`, or "
-                    "pass a valid api_key=", ""), peer)
+                    "unauthorized", "the cluster refused this token: pass the cluster's token "
+                    "as api_key= or in BURLA_API_KEY (the coordinator's --token-file holds it)",
+                    ""), peer)
                 return
             self.clients[peer] = owner
             self.client_seen[peer] = now
@@ -182,7 +185,7 @@ class Coordinator:
         return out
 
     def on_attach(self, peer: bytes, owner: str, msg: protocol.Attach) -> Out:
-        return self.scheduler.attach(peer, owner, msg.job_id, time.monotonic())
+        return self.scheduler.attach(peer, owner, msg.job_id, time.monotonic(), time.time())
 
     def on_job_logs(self, peer: bytes, owner: str, msg: protocol.JobLogsRequest) -> Out:
         job = self.scheduler.jobs.get(msg.job_id)
@@ -201,6 +204,8 @@ class Coordinator:
         info = {
             "endpoint": self.endpoint,
             "version": __version__,
+            "python": {"executable": sys.executable, "prefix": sys.prefix,
+                       "python_version": platform.python_version()},
             "nodes": [
                 {"agent_id": n.agent_id, "cpus": n.cpus, "used_cpus": n.used_cpus,
                  "ram_gb": n.ram_gb, "gpus": n.gpus, "image": n.image,

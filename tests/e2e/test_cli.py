@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pty
 import select
@@ -54,6 +55,8 @@ def test_embedded_cluster_starts_on_first_call_is_reused_and_stops(home):
     assert burla("local", "status", env=home).stdout == first.stdout  # same processes reused
     status = burla("status", env=home)
     assert "0/" in status.stdout and "CPUs in use" in status.stdout
+    assert f"calls run in environment {sys.prefix} (Python " in status.stdout
+    assert f"for environment {sys.prefix} (Python " in first.stdout
     assert "stopped" in burla("local", "down", env=home).stdout
     assert burla("local", "status", env=home).returncode == 1
 
@@ -61,10 +64,7 @@ def test_embedded_cluster_starts_on_first_call_is_reused_and_stops(home):
 def test_embedded_cluster_stops_itself_when_idle(home):
     home["BURLA_LOCAL_IDLE_TIMEOUT"] = "2"
     assert burla("local", "up", env=home).returncode == 0
-    state = Path(home["BURLA_STATE_DIR"]) / "local" / "cluster.json"
-    import json
-
-    pids = json.loads(state.read_text())
+    pids = record(home)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         alive = [p for p in (pids["coordinator_pid"], pids["agent_pid"]) if _alive(p)]
@@ -72,6 +72,12 @@ def test_embedded_cluster_stops_itself_when_idle(home):
             break
         time.sleep(0.2)
     assert not alive, "the idle embedded cluster did not stop by itself"
+
+
+def record(home: dict[str, str]) -> dict:
+    """The embedded cluster's record (this test environment has one interpreter's)."""
+    [path] = (Path(home["BURLA_STATE_DIR"]) / "local").glob("*/cluster.json")
+    return json.loads(path.read_text())
 
 
 def _alive(pid: int) -> bool:
@@ -147,3 +153,64 @@ def test_spinner_stays_out_of_pipes(home):
     assert done.returncode == 0, done.stderr
     assert "done" not in done.stderr and "\x1b[" not in done.stdout + done.stderr
     assert sorted(done.stdout.splitlines()[:-1]) == [f"line from {x}" for x in range(6)]
+
+
+def test_status_of_a_stopped_embedded_cluster_says_so_and_starts_nothing(home):
+    for command in (("status",), ("jobs", "list")):
+        down = burla(*command, env=home)
+        assert down.returncode == 1, down
+        assert "embedded cluster: not running" in down.stdout + down.stderr
+        assert "burla local up" in down.stdout + down.stderr
+    assert burla("local", "status", env=home).returncode == 1  # still down
+    assert not list(Path(home["BURLA_STATE_DIR"]).glob("local/*/cluster.json"))
+
+
+SLOW_SCRIPT = """
+import sys, time
+from burla import remote_parallel_map, JobCanceled
+SECONDS = float(sys.argv[1])  # travels with the function
+def slow(x):
+    print("started", x, flush=True)
+    time.sleep(SECONDS)
+    return x
+try:
+    print("results:", remote_parallel_map(slow, range(4), spinner=False), flush=True)
+except JobCanceled as exc:
+    print("JobCanceled:", exc, flush=True)
+    sys.exit(3)
+"""
+
+
+def start_slow_job(home: dict[str, str], seconds: float) -> subprocess.Popen[str]:
+    """A client running four calls of `seconds` each; returns once the first has started."""
+    client = subprocess.Popen([sys.executable, "-c", SLOW_SCRIPT, str(seconds)], env=home,
+                              text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    assert client.stdout is not None
+    line = client.stdout.readline()
+    assert line.startswith("started"), line + client.stdout.read()
+    return client
+
+
+def test_local_down_during_a_job_ends_it_with_job_canceled(home):
+    client = start_slow_job(home, 20)
+    try:
+        assert "stopped" in burla("local", "down", env=home).stdout
+        out, _ = client.communicate(timeout=30)
+    finally:
+        client.kill()
+    assert client.returncode == 3, out
+    assert "JobCanceled: the embedded cluster was stopped by `burla local down`" in out
+    assert burla("local", "status", env=home).returncode == 1  # not started again
+
+
+def test_a_crashed_embedded_cluster_is_started_again_and_the_job_finishes(home):
+    client = start_slow_job(home, 1)
+    try:
+        crashed = record(home)
+        os.kill(crashed["coordinator_pid"], signal.SIGKILL)
+        out, _ = client.communicate(timeout=90)
+    finally:
+        client.kill()
+    assert client.returncode == 0, out
+    assert "results: [0, 1, 2, 3]" in out
+    assert record(home)["coordinator_pid"] != crashed["coordinator_pid"]

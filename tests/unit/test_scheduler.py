@@ -11,6 +11,7 @@ from burla.coordinator.scheduler import MAX_PREFETCH, Scheduler
 
 CLIENT = b"client-1"
 NOW = 100.0
+WALL = 1_700_000_000.0  # Unix time, for what a refusal says of when
 
 
 def hello(agent_id: str, cpus: int = 2, **info) -> protocol.Hello:
@@ -271,7 +272,7 @@ def test_detached_job_survives_a_coordinator_restart(tmp_path):
     s.results(node, results("det", chunks[1].chunk_id, 2, 2))
     assert job.finished and job.client == b""
     # Attaching replays every stored result, once each, then forgets the job once acked.
-    out = s.attach(b"client-9", "me", "det", NOW)
+    out = s.attach(b"client-9", "me", "det", NOW, WALL)
     accept = sent(out, protocol.Accept)[0]
     assert accept.total == 4
     replayed = sent(out, protocol.Results, b"client-9")
@@ -283,8 +284,9 @@ def test_detached_job_survives_a_coordinator_restart(tmp_path):
 
 def test_attach_to_someone_elses_or_unknown_job_is_refused(tmp_path):
     s = run_detached_until_half_done(JobStore(tmp_path / "j.sqlite3"))
-    assert sent(s.attach(b"c", "intruder", "det", NOW), protocol.Refuse)[0].kind == "unknown_job"
-    assert sent(s.attach(b"c", "me", "nope", NOW), protocol.Refuse)
+    refused = sent(s.attach(b"c", "intruder", "det", NOW, WALL), protocol.Refuse)
+    assert refused[0].kind == "unknown_job"
+    assert sent(s.attach(b"c", "me", "nope", NOW, WALL), protocol.Refuse)
 
 
 def test_detached_client_leaving_after_upload_keeps_job(tmp_path):
