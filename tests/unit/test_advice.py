@@ -3,6 +3,7 @@ options it names; and no text mentions a command that is planned but not built."
 
 from __future__ import annotations
 
+import argparse
 import ast
 import re
 from collections.abc import Iterator
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import typer
 
+from burla import daemon_cli
 from burla.cli import app
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -44,11 +46,26 @@ def commands() -> list[tuple[str, str]]:
     return found
 
 
+def daemon_problem(words: list[str]) -> str | None:
+    """What is wrong with a daemon's command line (argparse, burla/daemon_cli.py)."""
+    commands = next(a for a in daemon_cli.parser()._actions
+                    if isinstance(a, argparse._SubParsersAction))
+    options = {o for a in commands.choices[words[0]]._actions for o in a.option_strings}
+    for word in words[1:]:
+        if word.startswith("-") and word.split("=")[0] not in options:
+            return f"{words[0]} has no option {word}"
+    return None
+
+
 def problem(line: str) -> str | None:
     """What is wrong with the command line `line`, or None if it names a real command."""
     command = typer.main.get_command(app)  # a group's subcommands are in .commands
     words = line.split()[1:]
+    if words and words[0] in daemon_cli.SUMMARIES:
+        return daemon_problem(words)
     for position, word in enumerate(words):
+        if word == "--help":
+            continue  # every command and group has it
         if word.startswith("-"):
             names = {n for p in command.params for n in getattr(p, "opts", [])}
             if word.split("=")[0] not in names:
@@ -71,6 +88,8 @@ def test_the_scan_finds_the_commands_it_should():
     assert problem("burla local up | down | status") is None
     assert problem("burla login") is not None
     assert problem("burla local down --everything") is not None
+    assert problem("burla agent --coordinator ENDPOINT --token-file FILE") is None
+    assert problem("burla agent --coordinater ENDPOINT") is not None
 
 
 def test_every_advised_command_exists():
