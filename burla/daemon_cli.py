@@ -15,9 +15,12 @@ import os
 import sys
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from burla import endpoints
+
+if TYPE_CHECKING:
+    from burla.coordinator.config import CoordinatorConfig
 
 # The `burla` subcommands served here; `burla --help` lists them with these lines.
 SUMMARIES = {
@@ -81,6 +84,10 @@ def _coordinator_parser(commands: Any) -> None:
     _add_token_options(command)
     command.add_argument("--idle-timeout", type=float, default=0.0,
                          help="stop after this many idle seconds; 0: never")
+    command.add_argument("--local-agent", type=Path, metavar="STATE_DIR",
+                         help="also run this machine's agent in this process, its state in "
+                              "STATE_DIR (the embedded cluster: one interpreter's start, "
+                              "not two)")
     _add_log_level(command)
     command.set_defaults(run=_run_coordinator)
 
@@ -160,6 +167,10 @@ def _serve(role: str, log_level: str, main: Coroutine[Any, Any, None]) -> None:
 
 
 def _run_coordinator(args: argparse.Namespace) -> None:
+    if args.local_agent is not None:
+        from burla.agent import zygote_spawn
+
+        zygote_spawn.start_early()  # its start overlaps the imports below
     _without_rich()
     from burla.coordinator import service
     from burla.coordinator.config import CoordinatorConfig
@@ -170,7 +181,39 @@ def _run_coordinator(args: argparse.Namespace) -> None:
     args.state_dir.mkdir(parents=True, exist_ok=True)
     config = CoordinatorConfig(args.endpoint, args.state_dir, secret, {secret: owner}, owner,
                                args.idle_timeout)
-    _serve("coordinator", args.log_level, service.run(config))
+    if args.local_agent is None:
+        _serve("coordinator", args.log_level, service.run(config))
+    else:
+        _serve("coordinator", args.log_level, _with_local_agent(config, args))
+
+
+async def _with_local_agent(config: CoordinatorConfig, args: argparse.Namespace) -> None:
+    """The coordinator and, on the same event loop, this machine's agent (the embedded
+    cluster). The agent dials the coordinator as any agent does; only the process is shared.
+    SIGTERM stops both, and the coordinator's idle stop sends the agent its Shutdown."""
+    import asyncio
+    import contextvars
+    import platform
+
+    import structlog
+
+    from burla.agent.config import AgentConfig
+    from burla.agent.service import Agent
+    from burla.coordinator.service import Coordinator
+
+    coordinator = Coordinator(config)
+    async with asyncio.TaskGroup() as tasks:
+        tasks.create_task(coordinator.run())
+        await coordinator.listening.wait()
+        args.local_agent.mkdir(parents=True, exist_ok=True)
+        agent_config = AgentConfig(
+            coordinator=coordinator.endpoint, token=config.agent_token, state_dir=args.local_agent,
+            agent_id=f"{platform.node()}-{os.getpid()}", token_file=args.token_file,
+        )
+        as_agent = contextvars.copy_context()  # its log lines say role=agent
+        as_agent.run(structlog.contextvars.bind_contextvars, role="agent")
+        agent = as_agent.run(Agent, agent_config)
+        tasks.create_task(agent.run(), context=as_agent)
 
 
 def _run_agent(args: argparse.Namespace) -> None:

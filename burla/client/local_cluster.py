@@ -1,4 +1,5 @@
-"""The embedded per-user cluster: a coordinator and one agent as background processes.
+"""The embedded per-user cluster: a coordinator and this machine's agent, in one background
+process (`burla coordinator --local-agent`).
 
 There is one per interpreter (sys.prefix and Python version): its daemons and executors run
 the interpreter that started it, so a call never runs in another environment's Python. The first
@@ -36,10 +37,8 @@ _VERSION = f"{__version__}+protocol{protocol.PROTOCOL_VERSION}"
 
 # Seconds the embedded cluster stays up with no job and no client.
 IDLE_TIMEOUT_SECONDS = float(os.environ.get("BURLA_LOCAL_IDLE_TIMEOUT", "900"))
-# Longest wait for the two daemons to report READY=1.
+# Longest wait for the cluster's agent to report READY=1 (registered).
 START_TIMEOUT_SECONDS = 30.0
-# The agent stops when it has heard nothing from its coordinator for this long.
-AGENT_ORPHAN_SECONDS = 30.0
 # What `burla local down` writes beside the record of the cluster it stopped, so that a job of
 # that cluster ends instead of starting it again.
 STOPPED_FILE = "stopped.json"
@@ -190,63 +189,55 @@ def _lock() -> Iterator[None]:
 
 
 def start() -> dict[str, Any]:
-    """Start coordinator and agent, wait until both are ready, record them in cluster.json."""
+    """Start the cluster, wait until its agent has registered, record it in cluster.json."""
     stop()
     directory = state_dir()
     token = new_token()
     token_file = directory / "token"
     write_private_json(token_file, {"token": token})
     endpoint = f"tcp://127.0.0.1:{_free_port()}"
-    base = [sys.executable, "-m", "burla"]
-    commands = {
-        "coordinator": base + [
-            "coordinator", "--endpoint", endpoint, "--state-dir", str(directory / "coordinator"),
-            "--token-file", str(token_file), "--idle-timeout", str(IDLE_TIMEOUT_SECONDS),
-        ],
-        "agent": base + [
-            "agent", "--coordinator", endpoint, "--state-dir", str(directory / "agent"),
-            "--token-file", str(token_file), "--orphan-timeout", str(AGENT_ORPHAN_SECONDS),
-        ],
-    }
-    pids = _start_and_wait(commands, directory)
-    info = {"endpoint": endpoint, "token": token, "coordinator_pid": pids["coordinator"],
-            "agent_pid": pids["agent"], "started_at": time.time(), "version": _VERSION,
-            "python": interpreter()}
+    # One process: the coordinator with this machine's agent on its event loop, so the first
+    # call waits for one interpreter's start, not two side by side on the same cores.
+    command = [
+        sys.executable, "-m", "burla", "coordinator", "--endpoint", endpoint,
+        "--state-dir", str(directory / "coordinator"), "--token-file", str(token_file),
+        "--idle-timeout", str(IDLE_TIMEOUT_SECONDS), "--local-agent", str(directory / "agent"),
+    ]
+    pid = _start_and_wait(command, directory)
+    info = {"endpoint": endpoint, "token": token, "coordinator_pid": pid, "agent_pid": pid,
+            "started_at": time.time(), "version": _VERSION, "python": interpreter()}
     write_private_json(cluster_file(), info)
     return info
 
 
-def _start_and_wait(commands: dict[str, list[str]], directory: Path) -> dict[str, int]:
+def _start_and_wait(command: list[str], directory: Path) -> int:
+    """Start the cluster's process; its pid once its agent has registered (READY=1 with
+    STATUS=registered: the coordinator listens before that)."""
     address = f"\0burla-notify-{uuid.uuid4().hex}"
+    log = directory / "cluster.log"
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
         notify.bind(address)
         env = dict(os.environ, NOTIFY_SOCKET="@" + address[1:], PYTHONUNBUFFERED="1")
         for name in ("BURLA_CLUSTER", "BURLA_API_KEY", "BURLA_PARENT_JOB"):
             env.pop(name, None)
-        processes = {}
-        for role, command in commands.items():
-            log_file = open(directory / f"{role}.log", "ab")  # noqa: SIM115 - the child keeps it
-            processes[role] = subprocess.Popen(
+        with open(log, "ab") as log_file:  # the child keeps its own copy
+            process = subprocess.Popen(
                 command, stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file, env=env,
                 start_new_session=True,  # outlives this process and its Ctrl-C
             )
-            log_file.close()
-        ready: set[int] = set()
         deadline = time.monotonic() + START_TIMEOUT_SECONDS
-        while len(ready) < len(processes):
-            for role, process in processes.items():
-                if process.poll() is not None:
-                    _kill(processes)
-                    raise ClusterUnreachable(
-                        f"the embedded {role} exited with code {process.returncode} while "
-                        f"starting; its log: {directory / f'{role}.log'}"
-                    )
+        while True:
+            if process.poll() is not None:
+                raise ClusterUnreachable(
+                    f"the embedded cluster exited with code {process.returncode} while "
+                    f"starting; its log: {log}"
+                )
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                _kill(processes)
+                _kill(process)
                 raise ClusterUnreachable(
                     f"the embedded cluster did not get ready in {START_TIMEOUT_SECONDS:.0f}s; "
-                    f"logs are in {directory}"
+                    f"its log: {log}"
                 )
             notify.settimeout(min(remaining, 0.2))
             try:
@@ -254,16 +245,14 @@ def _start_and_wait(commands: dict[str, list[str]], directory: Path) -> dict[str
             except TimeoutError:
                 continue
             fields = dict(line.split("=", 1) for line in payload.splitlines() if "=" in line)
-            if fields.get("READY") == "1" and fields.get("MAINPID", "").isdigit():
-                ready.add(int(fields["MAINPID"]))
-    return {role: process.pid for role, process in processes.items()}
+            if fields.get("READY") == "1" and fields.get("STATUS") == "registered":
+                return process.pid
 
 
-def _kill(processes: dict[str, subprocess.Popen[bytes]]) -> None:
-    for process in processes.values():
-        with contextlib.suppress(ProcessLookupError):
-            process.kill()
-        process.wait()
+def _kill(process: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        process.kill()
+    process.wait()
 
 
 def _free_port() -> int:

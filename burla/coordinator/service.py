@@ -46,6 +46,7 @@ class Coordinator:
         # (SIGTERM from systemd, a deploy) must leave them running: they reconnect, as after a
         # crash, and the cluster keeps its nodes.
         self.stop_agents = False
+        self.listening = asyncio.Event()  # set once bound: `endpoint` is known
         self.channel: channel.Channel
         self.endpoint = ""
 
@@ -55,6 +56,7 @@ class Coordinator:
         self.channel = channel.Channel(sock, self.on_message, routed=True, name="coordinator")
         self.channel.start()
         daemon.stop_on_signals(self.stop)
+        self.listening.set()
         log.info("coordinator_listening", endpoint=self.endpoint, session=self.session)
         systemd.notify(ready="1", status=f"listening {self.endpoint}", mainpid=str(os.getpid()))
         try:
