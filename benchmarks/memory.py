@@ -32,15 +32,17 @@ def burla_coordinators() -> list[psutil.Process]:
 
 
 def burla_daemons() -> list[psutil.Process]:
-    """The embedded cluster's coordinator, agent and the agent's descendants (executors)."""
+    """The embedded cluster's coordinator, agent and the agent's descendants (executors). The
+    coordinator and the agent are one process since the embedded cluster runs both in one."""
     try:
         from burla.client import local_cluster
 
         info = local_cluster.running_info() or {}
-        procs = [psutil.Process(info[k]) for k in ("coordinator_pid", "agent_pid") if k in info]
+        pids = dict.fromkeys(info[k] for k in ("coordinator_pid", "agent_pid") if k in info)
+        procs = [psutil.Process(pid) for pid in pids]
     except (ImportError, AttributeError, psutil.Error):
         return []
-    return procs + [c for p in procs[1:] for c in descendants(p.pid)]
+    return procs + list(descendants(procs[-1].pid)) if procs else []
 
 
 def _coordinators_by_cmdline() -> list[psutil.Process]:
