@@ -14,6 +14,7 @@ from burla.errors import (  # noqa: E402
     NodeDisconnected,
     NoNodes,
     RemoteError,
+    ResultTooBig,
     Unauthorized,
     VersionMismatch,
 )
@@ -42,6 +43,7 @@ __all__ = [
     "NodeDisconnected",
     "NoNodes",
     "RemoteError",
+    "ResultTooBig",
     "Unauthorized",
     "VersionMismatch",
 ]
