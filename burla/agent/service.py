@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 import structlog
 import zmq
 
-from burla import __version__, channel, daemon, protocol, systemd, transport
+from burla import __version__, channel, daemon, protocol, systemd, transport, unsent
 from burla.agent.blame import blame, settle
 from burla.agent.config import AgentConfig
 from burla.agent.executors import DEFAULT_SHAPE, DYING, Executor, ExecutorPool, describe_exit
@@ -92,6 +92,7 @@ class Agent:
                 f"agent-{self.config.agent_id}-{self.session}".encode(),
             ),
             self.on_coordinator_message, routed=False, name="coordinator",
+            replace_unsent=unsent.replacement,
         )
         self.downstream.start()
         self.upstream.start()

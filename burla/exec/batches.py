@@ -29,8 +29,10 @@ class Batch:
 
 
 def pack(values: list[Any], errors: list[int], first: int,
-         limit: int = MAX_RESULT_BYTES) -> list[Batch]:
-    """`values` (of inputs from `first`) as batches of at most `limit` pickled bytes each."""
+         limit: int | None = None) -> list[Batch]:
+    """`values` (of inputs from `first`) as batches of at most `limit` pickled bytes each
+    (MAX_RESULT_BYTES by default)."""
+    limit = MAX_RESULT_BYTES if limit is None else limit
     blob = dump_batch(values, errors, first)
     if len(blob) <= limit:
         return [Batch(first, len(values), errors, blob)]
