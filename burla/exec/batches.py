@@ -9,8 +9,7 @@ batch. A single result over the limit becomes that input's ResultTooBig. Pure: n
 from __future__ import annotations
 
 import pickle
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import cloudpickle
 
@@ -18,9 +17,9 @@ from burla.config import MAX_RESULT_BYTES
 from burla.errors import RemoteError, ResultTooBig
 
 
-@dataclass(frozen=True, slots=True)
-class Batch:
-    """Results of inputs `first .. first+count-1`; `errors` the indexes that are exceptions."""
+class Batch(NamedTuple):
+    """Results of inputs `first .. first+count-1`; `errors` the indexes that are exceptions.
+    (A tuple: one is made per batch sent, and a frozen dataclass cost a microsecond more.)"""
 
     first: int
     count: int
