@@ -155,7 +155,6 @@ class Runner:
                 chunk.job_id, chunk.chunk_id, chunk.attempt, chunk.first_index + chunk.count,
                 0, [], True, 0, 0, pickle.dumps([])))
 
-
     def send_results(self, chunk: protocol.Chunk, first: int, values: list[Any],
                      errors: list[int], chunk_done: bool, compute_ns: int) -> None:
         """Send the results of inputs from `first`, in as many batches as their size needs."""
