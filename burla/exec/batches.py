@@ -9,7 +9,8 @@ batch. A single result over the limit becomes that input's ResultTooBig. Pure: n
 from __future__ import annotations
 
 import pickle
-from typing import Any, NamedTuple
+from dataclasses import dataclass
+from typing import Any
 
 import cloudpickle
 
@@ -17,9 +18,9 @@ from burla.config import MAX_RESULT_BYTES
 from burla.errors import RemoteError, ResultTooBig
 
 
-class Batch(NamedTuple):
-    """Results of inputs `first .. first+count-1`; `errors` the indexes that are exceptions.
-    (A tuple: one is made per batch sent, and a frozen dataclass cost a microsecond more.)"""
+@dataclass(slots=True)  # not frozen: one is made per batch sent, and frozen cost 1 us more
+class Batch:
+    """Results of inputs `first .. first+count-1`; `errors` the indexes that are exceptions."""
 
     first: int
     count: int
