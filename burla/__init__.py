@@ -17,6 +17,7 @@ from burla.errors import (  # noqa: E402
     NoNodes,
     OutOfMemory,
     RemoteError,
+    ResultTooBig,
     Unauthorized,
     VersionMismatch,
 )
@@ -48,6 +49,7 @@ __all__ = [
     "NoNodes",
     "OutOfMemory",
     "RemoteError",
+    "ResultTooBig",
     "Unauthorized",
     "VersionMismatch",
 ]

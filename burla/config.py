@@ -14,6 +14,10 @@ import platformdirs
 # Limits of what one call may ship (DESIGN §1).
 MAX_FUNCTION_BYTES = 100 * 1024 * 1024
 MAX_INPUT_BYTES = 200 * 1024 * 1024
+# Largest pickled result of one call; a bigger one fails its input with ResultTooBig. A batch of
+# results is cut to stay under it too. transport.MAX_MESSAGE_BYTES (ZeroMQ's MAXMSGSIZE) leaves
+# 64 MiB above it for a message's envelope, so a result within the limit always travels.
+MAX_RESULT_BYTES = 256 * 1024 * 1024
 # A peer silent this long is dead (DESIGN §3); idle links ping at a fraction of it.
 PEER_TIMEOUT_SECONDS = 5.0
 PING_INTERVAL_SECONDS = 1.0

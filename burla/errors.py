@@ -46,6 +46,22 @@ class InputTooBig(BurlaError):
         self.index = index
 
 
+class ResultTooBig(BurlaError):
+    """One call's result pickles to more than the limit (256 MiB, `burla.config.MAX_RESULT_BYTES`).
+
+    Only that input fails; every other result still arrives. The message names its index, its
+    pickled size and the limit. Recover: write a large result to a file or bucket and return
+    its path instead.
+    """
+
+    def __init__(self, message: str, index: int) -> None:
+        super().__init__(message)
+        self.index = index
+
+    def __reduce__(self) -> tuple[type, tuple[str, int]]:
+        return (type(self), (str(self), self.index))
+
+
 class NodeDisconnected(BurlaError):
     """An executor or node failed under a call: crash, OOM kill, or node loss past retries.
 
@@ -142,6 +158,7 @@ ALL_ERRORS = (
     NoCompatibleNodes,
     FunctionTooBig,
     InputTooBig,
+    ResultTooBig,
     NodeDisconnected,
     OutOfMemory,
     JobCanceled,

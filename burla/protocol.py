@@ -17,7 +17,7 @@ from burla.frames import encode as encode
 from burla.frames import message_types as message_types
 
 # Bumped on any incompatible change to a message; travels in every Hello.
-PROTOCOL_VERSION = 4
+PROTOCOL_VERSION = 5
 
 
 # --- handshake and control, all roles -------------------------------------------------------
@@ -304,7 +304,11 @@ class Credit(Message):
 @message("chunk")
 @dataclasses.dataclass(frozen=True, slots=True)
 class Chunk(Message):
-    """Run inputs `first_index .. first_index+count-1`, skipping the first `skip` (a retry)."""
+    """Run inputs `first_index .. first_index+count-1`, skipping the first `skip` (a retry).
+
+    `report_each` (the retry of a chunk whose executor died): send each input's result alone
+    and wait for `ResultsNoted` before the next input, so a crash is blamed on the input running.
+    """
 
     job_id: str
     chunk_id: int
@@ -312,6 +316,7 @@ class Chunk(Message):
     first_index: int
     count: int
     skip: int
+    report_each: bool
     data: Blob
 
 
@@ -334,6 +339,16 @@ class Release(Message):
 
 
 # --- agent <-> executor -----------------------------------------------------------------------
+
+
+@message("results_noted")
+@dataclasses.dataclass(frozen=True, slots=True)
+class ResultsNoted(Message):
+    """The agent holds the first `reported` results of chunk `chunk_id` (a `report_each` chunk:
+    its executor starts the next input only then)."""
+
+    chunk_id: int
+    reported: int
 
 
 @message("load")

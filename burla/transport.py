@@ -13,7 +13,9 @@ import zmq
 from burla import protocol
 from burla.protocol import Message
 
-# Largest message accepted: a 200 MB input plus its envelope, with headroom.
+# Largest message accepted: a 200 MB input (config.MAX_INPUT_BYTES) or a 256 MiB result batch
+# (config.MAX_RESULT_BYTES) plus its envelope, with headroom. A peer sending more is disconnected
+# by ZeroMQ and the message is lost, so senders check sizes against these limits first.
 MAX_MESSAGE_BYTES = 320 * 1024 * 1024
 # Messages queued per peer before a send fails; credit flow keeps real traffic far below this.
 HIGH_WATER_MARK = 100_000

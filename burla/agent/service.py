@@ -19,7 +19,8 @@ from typing import Any, ClassVar
 import structlog
 import zmq
 
-from burla import __version__, channel, daemon, protocol, systemd, transport
+from burla import __version__, channel, daemon, protocol, systemd, transport, unsent
+from burla.agent.blame import blame, settle
 from burla.agent.config import AgentConfig
 from burla.agent.executors import DEFAULT_SHAPE, DYING, Executor, ExecutorPool, describe_exit
 from burla.agent.failures import Death, judge
@@ -90,6 +91,7 @@ class Agent:
                 f"agent-{self.config.agent_id}-{self.session}".encode(),
             ),
             self.on_coordinator_message, routed=False, name="coordinator",
+            replace_unsent=unsent.replacement,
         )
         self.downstream.start()
         self.upstream.start()
@@ -346,6 +348,9 @@ class Agent:
         executor.reported += msg.count
         executor.proven = True
         self.send_up(msg)
+        if executor.chunk.report_each and not msg.chunk_done:  # it waits for this to go on
+            self.downstream.send(protocol.ResultsNoted(msg.chunk_id, executor.reported),
+                                 executor.executor_id.encode())
         if msg.chunk_done:
             executor.chunk = None
             if executor.job_id in self.jobs:
@@ -401,9 +406,15 @@ class Agent:
         `blamed`: the executor died before taking the chunk (starting, loading the function).
         """
         done = executor.reported
-        index = chunk.first_index + done
+        culprit = blame(chunk, done, blamed)
+        index, certain = culprit.index, culprit.certain
         if executor.crash_report:  # where in the user's code it crashed, as that call's stderr
-            self.send_up(protocol.Logs.pack(job.job_id, [[index, 2, executor.crash_report]], 0))
+            entry = [index, 2, executor.crash_report]
+            if not certain:  # not surely this input's: said as the job's, naming the candidates
+                last = chunk.first_index + chunk.count - 1
+                entry = [-1, 2, f"[burla] an executor crashed running one of inputs "
+                                f"{index}..{last}:\n{executor.crash_report}"]
+            self.send_up(protocol.Logs.pack(job.job_id, [entry], 0))
         others = sum(1 for e in self.pool.executors.values() if e.job_id == job.job_id)
         if executor.oom_killed:
             now = time.monotonic()
@@ -416,11 +427,11 @@ class Agent:
         cause = describe_exit(executor)
         if blamed:
             cause += " before it could run any input (starting, or loading the function)"
-        verdict = judge(Death(
+        verdict = settle(judge(Death(
             index, cause, executor.oom_killed, job.shape[1],
             job.crashes.get(index, 0), others, self.config.agent_id,
             self.policy.memory_budget_bytes,
-        ))
+        )), certain)
         if verdict.crashed:
             job.crashes[index] = job.crashes.get(index, 0) + 1
         if verdict.lower_parallelism:
@@ -436,8 +447,9 @@ class Agent:
             done += 1
             if done_now:
                 return
+        # Reporting each input from now on, so a next death is blamed on the input running.
         retry = protocol.Chunk(job.job_id, chunk.chunk_id, chunk.attempt, chunk.first_index,
-                               chunk.count, done, chunk.data)
+                               chunk.count, done, True, chunk.data)
         job.queue.appendleft(retry)
         self.feed_idle(job)
 

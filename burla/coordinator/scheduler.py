@@ -350,7 +350,7 @@ class Scheduler:
                     out.append((job.client, protocol.UploadCredit(job.job_id, chunk.nbytes)))
             out.append((self.nodes[agent_id].peer, protocol.Chunk(
                 job.job_id, chunk.chunk_id, chunk.attempt, chunk.first_index, chunk.count,
-                chunk.reported, data)))
+                chunk.reported, False, data)))
         return out
 
     def dispatch_all(self) -> Out:

@@ -20,7 +20,7 @@ from typing import Any
 import structlog
 import zmq
 
-from burla import __version__, channel, daemon, protocol, systemd, transport
+from burla import __version__, channel, daemon, protocol, systemd, transport, unsent
 from burla.config import CLIENT_FORGET_SECONDS, PING_INTERVAL_SECONDS
 from burla.coordinator.config import CoordinatorConfig
 from burla.coordinator.jobstore import JobStore
@@ -53,7 +53,8 @@ class Coordinator:
     async def run(self) -> None:
         sock = transport.router_socket(self.ctx, self.config.endpoint)
         self.endpoint = transport.bound_endpoint(sock)
-        self.channel = channel.Channel(sock, self.on_message, routed=True, name="coordinator")
+        self.channel = channel.Channel(sock, self.on_message, routed=True, name="coordinator",
+                                       replace_unsent=unsent.replacement)
         self.channel.start()
         daemon.stop_on_signals(self.stop)
         self.listening.set()

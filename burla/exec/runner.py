@@ -1,8 +1,10 @@
 """The executor's main thread: load a job's function, run input chunks, send results in batches.
 
-Results of one chunk go out in batches, each one pickle of a list of values (a pickle per
-value cost more than most calls), flushed by count or age so a slow call's result leaves as soon
-as it is ready. This module runs user code and nothing else talks to it.
+Results of one chunk go out in batches (`exec/batches.py`: one pickle of a list of values, cut
+by bytes), flushed by count or age so a slow call's result leaves as soon as it is ready. The
+retry of a chunk whose executor died reports each input alone, in step with the agent, so the
+next crash is blamed on the input that was running. This module runs user code and nothing else
+talks to it.
 """
 
 from __future__ import annotations
@@ -24,9 +26,10 @@ import cloudpickle
 from tblib import pickling_support
 
 from burla import protocol
+from burla.exec.batches import pack
 from burla.exec.capture import Capture
 from burla.exec.link import AgentLink
-from burla.exec.portable import dump_batch, portable_exception
+from burla.exec.portable import portable_exception
 
 # A partial result batch is sent once it holds this many results, or when the link thread says
 # it is due (every link.RESULT_FLUSH_SECONDS while a chunk runs).
@@ -112,7 +115,8 @@ class Runner:
         link = self.link
         link.due, link.busy = False, True
         flushed_at = monotonic()
-        stop = min(last, first + RESULT_FLUSH_COUNT - 1)
+        per_batch = 1 if chunk.report_each else RESULT_FLUSH_COUNT
+        stop = min(last, first + per_batch - 1)
         # The hot loop: every operation here is paid once per input.
         for index, arg in zip(range(first, last + 1), islice(inputs, chunk.skip, None)):
             capture.running_index = index
@@ -129,19 +133,39 @@ class Runner:
             if index >= stop or link.due:
                 now = monotonic()
                 link.due = False
-                blob = dump_batch(values, errors, first)
                 compute_ns = int((now - flushed_at) * 1e9)  # the calls, not the pickling
-                self.link.send(protocol.Results(
-                    chunk.job_id, chunk.chunk_id, chunk.attempt, first, len(values), errors,
-                    index == last, 0, compute_ns, blob))
+                self.send_results(chunk, first, values, errors, index == last, compute_ns)
+                if chunk.report_each and index != last:
+                    self.await_noted(chunk.chunk_id)
+                    now = monotonic()  # the wait is not compute time
                 first, values, errors, flushed_at = index + 1, [], [], now
                 append = values.append
-                stop = min(last, first + RESULT_FLUSH_COUNT - 1)
+                stop = min(last, first + per_batch - 1)
         link.busy = False
         if chunk.skip >= chunk.count:  # a retry of a chunk whose every input already reported
             self.link.send(protocol.Results(
                 chunk.job_id, chunk.chunk_id, chunk.attempt, chunk.first_index + chunk.count,
                 0, [], True, 0, 0, pickle.dumps([])))
+
+    def send_results(self, chunk: protocol.Chunk, first: int, values: list[Any],
+                     errors: list[int], chunk_done: bool, compute_ns: int) -> None:
+        """Send the results of inputs from `first`, in as many batches as their size needs."""
+        batches = pack(values, errors, first)
+        for batch in batches:
+            self.link.send(protocol.Results(
+                chunk.job_id, chunk.chunk_id, chunk.attempt, batch.first, batch.count,
+                batch.errors, chunk_done and batch is batches[-1], 0,
+                compute_ns * batch.count // len(values), batch.blob))
+
+    def await_noted(self, chunk_id: int) -> None:
+        """Wait until the agent holds the results just sent (a `report_each` chunk)."""
+        while True:
+            msg = self.link.recv()
+            if isinstance(msg, protocol.ResultsNoted) and msg.chunk_id == chunk_id:
+                return
+            if isinstance(msg, protocol.Shutdown):
+                # Nothing else arrives mid-chunk; stop as serve would, with the chunk unfinished.
+                raise SystemExit(0)
 
 
 def _raiser(exc: BaseException) -> Callable[..., Any]:
