@@ -152,9 +152,17 @@ def fitting(shape: Shape, catalog: Catalog) -> list[MachineType]:
 
 
 def pack(calls: int, shape: Shape, types: list[MachineType], caps: Caps) -> dict[MachineType, int]:
-    """Machines for `calls` calls: the largest sizes first, the rest on the smallest type that
-    holds it, all within `caps` (which this spends). Fewer calls fit when a cap binds."""
+    """Machines for `calls` calls of `shape`, within `caps` (which this spends): as many of the
+    largest type as the calls fill, then the cheapest cover of the rest. Fewer calls fit when a
+    cap binds. `types` is `fitting`'s list, most calls first."""
     plan: dict[MachineType, int] = {}
+
+    def add(machine: MachineType, count: int) -> None:
+        nonlocal calls
+        plan[machine] = plan.get(machine, 0) + count
+        caps.spend(machine, count)
+        calls -= count * machine.slots(shape)
+
     while calls > 0:
         usable = [t for t in types if caps.allow(t) != 0]
         if not usable:
@@ -163,13 +171,37 @@ def pack(calls: int, shape: Shape, types: list[MachineType], caps: Caps) -> dict
         per = largest.slots(shape)
         if per <= calls:
             allowed = caps.allow(largest)
-            count = calls // per if allowed is None else min(calls // per, allowed)
-            machine = largest
-        else:  # the remainder: the smallest machine that still holds all of it
-            machine = min((t for t in usable if t.slots(shape) >= calls),
-                          key=lambda t: (t.cpus, t.ram_gb, t.slots(shape)))
-            count = 1
-        plan[machine] = plan.get(machine, 0) + count
-        caps.spend(machine, count)
-        calls -= count * machine.slots(shape)
-    return plan
+            add(largest, calls // per if allowed is None else min(calls // per, allowed))
+            continue
+        cover = _cheapest_cover(calls, shape, usable)
+        if _fits_together(cover, caps):
+            for machine, count in cover.items():
+                add(machine, count)
+            break
+        # The caps rule the cheapest cover out: one machine at a time, the largest first.
+        under = [t for t in usable if t.slots(shape) <= calls]
+        add(under[0] if under else usable[-1], 1)
+    return {t: plan[t] for t in sorted(plan, key=lambda t: (t.slots(shape), t.cpus), reverse=True)}
+
+
+def _fits_together(plan: dict[MachineType, int], caps: Caps) -> bool:
+    nodes = sum(plan.values())
+    cpus = sum(t.cpus * n for t, n in plan.items())
+    gpus = sum(t.gpus * n for t, n in plan.items())
+    return ((caps.nodes is None or nodes <= caps.nodes) and (caps.cpus is None or cpus <= caps.cpus)
+            and (caps.gpus is None or gpus <= caps.gpus))
+
+
+def _cheapest_cover(calls: int, shape: Shape, types: list[MachineType]) -> dict[MachineType, int]:
+    """The machines that hold `calls` calls for the fewest GPUs, then CPUs, RAM and machines.
+    `calls` is below the largest type's slots, so this table stays small (one row a call)."""
+    Cost = tuple[int, int, int, int]
+    best: list[tuple[Cost, dict[MachineType, int]]] = [((0, 0, 0, 0), {})]
+    for need in range(1, calls + 1):
+        options = []
+        for t in types:
+            (gpus, cpus, ram, nodes), plan = best[max(0, need - t.slots(shape))]
+            cost = (gpus + t.gpus, cpus + t.cpus, ram + t.ram_gb, nodes + 1)
+            options.append((cost, {**plan, t: plan.get(t, 0) + 1}))
+        best.append(min(options, key=lambda option: option[0]))
+    return best[calls][1]

@@ -15,69 +15,18 @@ from dataclasses import dataclass
 import structlog
 
 from burla.coordinator.capacity import Caps, Catalog, MachineType, Room, Shape, fitting, pack
+from burla.coordinator.demand import GrowthLimits, JobView
 from burla.coordinator.placement import eligible
-from burla.coordinator.state import Job, Node, Request
+from burla.coordinator.state import Node, Request
 
 log = structlog.get_logger("burla.coordinator.growth")
 
-# Calls a job is taken to want while its input count is unknown and it set no max_parallelism:
-# the issue's scale target (1,000 nodes' worth of one-CPU calls is more), and the caps bound it.
-UNKNOWN_DEMAND_CALLS = 1000
 # A deleted VM counts against the caps until the provider says it is gone, or this long: a
 # delete takes about a minute, and past this the reaper owns the VM, not growth.
 DELETE_GRACE_SECONDS = 300.0
 # VM names: GCE allows 63 characters of [a-z0-9-], starting with a letter; the prefix leaves
 # room for "-" and a sequence number.
 _NAME = re.compile(r"[a-z][-a-z0-9]{0,49}")
-
-
-@dataclass(frozen=True)
-class GrowthLimits:
-    """The operator's bounds on growth (`burla coordinator` flags); None means no cap."""
-
-    max_nodes: int | None = None  # grown nodes running, booting or being deleted
-    max_cpus: int | None = None  # their CPUs
-    max_gpus: int | None = None  # their GPUs
-    node_idle_timeout: float = 60.0  # a grown node with no work this long is deleted
-    boot_timeout: float = 600.0  # a VM whose agent has not registered by then is deleted
-    min_nodes: int = 0  # grown nodes kept, warm, even when idle
-    retry_after: float = 60.0  # a shape whose boot failed is not booted again for this long
-
-    def __post_init__(self) -> None:
-        for name in ("max_nodes", "max_cpus", "max_gpus", "min_nodes"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value < 0):
-                raise ValueError(f"{name} must be a whole number >= 0, got {value!r}")
-        for name in ("node_idle_timeout", "boot_timeout", "retry_after"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be a number of seconds > 0, "
-                                 f"got {getattr(self, name)!r}")
-
-
-@dataclass(frozen=True)
-class JobView:
-    """What growth needs of one job."""
-
-    job_id: str
-    shape: Shape
-    grow: bool
-    slots: int  # slots it holds now
-    remaining: int | None  # calls not yet finished; None while the input count is unknown
-    max_parallelism: int | None = None
-
-    @classmethod
-    def of(cls, job: Job, grow: bool) -> JobView:
-        total = job.total if job.inputs_done else (job.announced if job.announced >= 0 else None)
-        remaining = None if total is None else max(0, total - job.done)
-        return cls(job.job_id, Shape.of(job.request), grow, job.slots, remaining,
-                   job.max_parallelism)
-
-    @property
-    def wanted(self) -> int:
-        """Slots it could use beyond those it holds: min(calls left, max_parallelism) - held."""
-        bounds = [b for b in (self.remaining, self.max_parallelism) if b is not None]
-        calls = min(bounds) if bounds else UNKNOWN_DEMAND_CALLS
-        return max(0, calls - self.slots)
 
 
 @dataclass(frozen=True)
@@ -323,7 +272,7 @@ class Growth:
             problem = None if rest <= 0 else self._boot_for(shape, rest, caps, fresh, now)
             for job in members:
                 short[job.job_id] -= _take(fresh, shape, short[job.job_id], counted[job.job_id])
-                if short[job.job_id] > 0:
+                if short[job.job_id] > 0 and problem:
                     why[job.job_id] = f"{short[job.job_id]} calls more wanted, but {problem}"
         boots = self._boots(fresh, counted)
         statuses = {}
@@ -336,7 +285,7 @@ class Growth:
             parts = [", ".join(f"{n}× {m}" for m, n in machines.items())] if machines else []
             if parts:
                 notes = sorted({self.booting[r.name].note for r in rooms} - {""})
-                parts = ["booting " + parts[0] + "".join(f": {n}" for n in notes)]
+                parts = ["booting " + parts[0] + (": " + "; ".join(notes) if notes else "")]
             parts += [why[job.job_id]] if job.job_id in why else []
             statuses[job.job_id] = JobGrowth(job.job_id, max(0, short[job.job_id]),
                                              tuple(machines.items()), "; ".join(parts),
@@ -358,6 +307,8 @@ class Growth:
                 name = f"{self.name_prefix}-{self.seq}"
                 self.booting[name] = _Booting(name, shape, machine, now)
                 fresh.append(Room.booting(name, shape, machine))
+        if caps.allow(types[-1]) != 0:
+            return None  # all of it is booting
         return caps.binding(types[-1], self._caps_tuple())
 
     def _boots(self, fresh: list[Room], counted: dict[str, list[Room]]) -> list[Instruction]:
