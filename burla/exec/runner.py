@@ -25,6 +25,7 @@ from tblib import pickling_support
 
 from burla import protocol
 from burla.errors import RemoteError
+from burla.exec import hygiene
 from burla.exec.capture import Capture
 from burla.exec.link import AgentLink
 
@@ -74,25 +75,49 @@ def portable_exception(exc: BaseException) -> BaseException:
 
 
 class Runner:
-    def __init__(self, link: AgentLink, capture: Capture) -> None:
+    def __init__(self, link: AgentLink, capture: Capture,
+                 fingerprint: hygiene.Fingerprint | None = None) -> None:
         self.link = link
         self.capture = capture
         self.functions: OrderedDict[str, Callable[..., Any]] = OrderedDict()
         self.function_bytes: dict[str, int] = {}  # pickled size, standing in for loaded size
         self.function: Callable[..., Any] | None = None
         self.job_id = ""
+        # The state before any user code ran (None: no checks, for tests without an agent).
+        self.fingerprint = fingerprint
+        self.retired = False  # told the agent to replace us: run nothing more
+        self.pid_limit = hygiene.PidLimit()
 
     def serve(self) -> None:
         while True:
             msg = self.link.recv()
+            if isinstance(msg, protocol.Shutdown):
+                return
+            if self.retired:
+                continue  # the agent takes back what it sent and kills us
             if isinstance(msg, protocol.Chunk):
                 self.run_chunk(msg)
             elif isinstance(msg, protocol.Load):
                 self.load(msg)
-            elif isinstance(msg, protocol.Shutdown):
-                return
+            elif isinstance(msg, protocol.Release) and msg.job_id == self.job_id:
+                self.end_job()
+
+    def end_job(self) -> None:
+        """The job is over here: kill what it left running, and ask to be retired if it changed
+        what the next job relies on. Once per job, when it ends, never per input or chunk."""
+        self.job_id = ""
+        if self.fingerprint is None:
+            return
+        reasons = hygiene.end_of_job(self.fingerprint)
+        if reasons:
+            self.retired = True
+            self.link.send(protocol.Retire("; ".join(reasons)))
 
     def load(self, msg: protocol.Load) -> None:
+        if self.job_id and msg.job_id != self.job_id:  # the agent's Release did not come first
+            self.end_job()
+            if self.retired:
+                return
         self.job_id = self.link.job_id = msg.job_id
         os.environ.update(msg.env)
         function = self.functions.get(msg.function_hash)
@@ -155,6 +180,7 @@ class Runner:
                 append(function(*arg) if type(arg) is tuple else function(arg))
             except BaseException as exc:  # user code may raise anything, SystemExit included
                 exc = exc.with_traceback(_user_frames(exc.__traceback__))
+                self.pid_limit.explain(exc)
                 append(portable_exception(exc))
                 errors.append(index)
             if out_texts or err_texts or capture.exact:  # output to close for this input
@@ -231,13 +257,15 @@ def main(endpoint: str, executor_id: str, parent: int | None = None,
     if crash_fd is not None:
         faulthandler.enable(file=crash_fd, all_threads=False)  # the crashing thread: small
     pickling_support.install()
+    hygiene.become_subreaper()  # a daemon a call starts stays ours, to be killed at job end
     capture = Capture()
     link = AgentLink(endpoint, executor_id, capture)
     link.start()
     flush_output_on_exit(link)
+    fingerprint = hygiene.Fingerprint()  # last: what user code finds, and must leave
     link.send(protocol.Hello("executor", protocol.PROTOCOL_VERSION, "", "", executor_id,
                              {"pid": os.getpid()}))
     try:
-        Runner(link, capture).serve()
+        Runner(link, capture, fingerprint).serve()
     finally:
         link.close()
