@@ -148,6 +148,18 @@ class LimitPolicy:
         return dataclasses.asdict(spec)
 
 
+def executor_pids_max(configured: int, backend: CgroupBackend) -> int | None:
+    """The pids.max each executor gets: the agent's option (0: none), where the backend can."""
+    if not configured:
+        return None
+    if not backend.pids_limited:
+        if backend.enforced:  # the none backend already said that nothing is enforced
+            log.warning("executor_pids_not_limited", cgroups=backend.name,
+                        reason="no pids controller is mounted or delegated to the agent")
+        return None
+    return configured
+
+
 def build_policy(config: AgentConfig) -> LimitPolicy:
     """The cgroup backend, GPUs, memory budget and sandbox this agent's executors get."""
     force = None if config.cgroups == "auto" else config.cgroups
@@ -164,12 +176,7 @@ def build_policy(config: AgentConfig) -> LimitPolicy:
                             uid=sandbox.uid, advice="make them readable by others (chmod o+rX)")
         else:
             log.warning("sandbox_unavailable", reason=unsupported)
-    pids_max = config.executor_pids_max or None
-    if pids_max is not None and not backend.pids_limited:
-        if backend.enforced:  # the none backend already said that nothing is enforced
-            log.warning("executor_pids_not_limited", cgroups=backend.name,
-                        reason="no pids controller is mounted or delegated to the agent")
-        pids_max = None
+    pids_max = executor_pids_max(config.executor_pids_max, backend)
     log.info("executor_policy", cgroups=backend.name, enforced=backend.enforced,
              gpus=[gpu.type for gpu in gpus], sandbox=sandbox is not None,
              memory_budget_gb=round(config.memory_budget_bytes / 2**30, 2), pids_max=pids_max)

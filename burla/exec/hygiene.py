@@ -36,7 +36,9 @@ RUNTIME_MODULES = (
 # Signals whose disposition Python cannot change (the kernel refuses).
 _UNCATCHABLE = {signal.SIGKILL, signal.SIGSTOP}
 SIGNALS = tuple(sorted(s for s in signal.valid_signals() if s not in _UNCATCHABLE))
-TIMERS = (signal.ITIMER_REAL, signal.ITIMER_VIRTUAL, signal.ITIMER_PROF)
+TIMER_NAMES = {signal.ITIMER_REAL: "ITIMER_REAL, or signal.alarm",
+               signal.ITIMER_VIRTUAL: "ITIMER_VIRTUAL", signal.ITIMER_PROF: "ITIMER_PROF"}
+TIMERS = tuple(TIMER_NAMES)
 # How long the end of a job waits for the processes it killed to be gone; past it the executor
 # is retired instead (a process in uninterruptible sleep can outlive SIGKILL for a while).
 KILL_TIMEOUT_S = 2.0
@@ -128,6 +130,10 @@ def _signal_state() -> tuple[Any, ...]:
         signal.SIG_BLOCK, ())))
 
 
+def _armed_timers() -> frozenset[int]:
+    return frozenset(timer for timer in TIMERS if signal.getitimer(timer) != _NO_TIMER)
+
+
 def _process_state() -> dict[str, Any]:
     """The cheap facts of the process a job may change: streams, hooks, cwd, umask."""
     try:
@@ -156,6 +162,7 @@ class Fingerprint:
         self.module_objects = {watch.label: sys.modules[watch.label] for watch in self.modules}
         self.fds = _tuple(_fd_identity(fd) for fd in (0, 1, 2))
         self.signals = _signal_state()
+        self.timers = _armed_timers()
         self.process = _process_state()
 
     def changes(self) -> list[str]:
@@ -166,11 +173,11 @@ class Fingerprint:
             return [f"left the executor unable to check its state ({type(e).__name__}: {e})"]
 
     def _changes(self) -> list[str]:
-        found = [f"replaced {name}" for name in self.builtins.changed(whole=True)]
+        found = [f"changed {name}" for name in self.builtins.changed(whole=True)]
         for watch in self.modules:
             if sys.modules.get(watch.label) is not self.module_objects[watch.label]:
                 found.append(f"replaced the module {watch.label} in sys.modules")
-            found += [f"replaced {name}" for name in watch.changed(whole=False)]
+            found += [f"changed {name}" for name in watch.changed(whole=False)]
         for fd, before in enumerate(self.fds):
             if _fd_identity(fd) != before:
                 found.append(f"closed or replaced fd {fd}")
@@ -180,8 +187,8 @@ class Fingerprint:
                       for sig, old, new in zip(SIGNALS, self.signals, now) if old != new]
             if now[-1] != self.signals[-1]:
                 found.append("changed the blocked signal mask")
-        found += [f"left an interval timer armed (setitimer/alarm {timer})"
-                  for timer in TIMERS if signal.getitimer(timer) != _NO_TIMER]
+        found += [f"left an interval timer armed ({TIMER_NAMES[timer]})"
+                  for timer in _armed_timers() - self.timers]
         process = _process_state()
         found += [f"changed {what}" for what, value in process.items()
                   if value != self.process[what]]
