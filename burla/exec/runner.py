@@ -25,8 +25,9 @@ from tblib import pickling_support
 
 from burla import protocol
 from burla.errors import RemoteError
-from burla.exec import hygiene
+from burla.exec import leftovers
 from burla.exec.capture import Capture
+from burla.exec.fingerprint import Fingerprint
 from burla.exec.link import AgentLink
 
 # A partial result batch is sent once it holds this many results, or when the link thread says
@@ -76,7 +77,7 @@ def portable_exception(exc: BaseException) -> BaseException:
 
 class Runner:
     def __init__(self, link: AgentLink, capture: Capture,
-                 fingerprint: hygiene.Fingerprint | None = None) -> None:
+                 fingerprint: Fingerprint | None = None) -> None:
         self.link = link
         self.capture = capture
         self.functions: OrderedDict[str, Callable[..., Any]] = OrderedDict()
@@ -86,7 +87,7 @@ class Runner:
         # The state before any user code ran (None: no checks, for tests without an agent).
         self.fingerprint = fingerprint
         self.retired = False  # told the agent to replace us: run nothing more
-        self.pid_limit = hygiene.PidLimit()
+        self.pid_limit = leftovers.PidLimit()
 
     def serve(self) -> None:
         while True:
@@ -108,7 +109,11 @@ class Runner:
         self.job_id = ""
         if self.fingerprint is None:
             return
-        reasons = hygiene.end_of_job(self.fingerprint)
+        _, all_gone = leftovers.kill_leftovers()
+        reasons = self.fingerprint.changes()
+        if not all_gone:
+            reasons.append(f"left processes that SIGKILL did not end within "
+                           f"{leftovers.KILL_TIMEOUT_S:g} s")
         if reasons:
             self.retired = True
             self.link.send(protocol.Retire("; ".join(reasons)))
@@ -257,12 +262,12 @@ def main(endpoint: str, executor_id: str, parent: int | None = None,
     if crash_fd is not None:
         faulthandler.enable(file=crash_fd, all_threads=False)  # the crashing thread: small
     pickling_support.install()
-    hygiene.become_subreaper()  # a daemon a call starts stays ours, to be killed at job end
+    leftovers.become_subreaper()  # a daemon a call starts stays ours, to be killed at job end
     capture = Capture()
     link = AgentLink(endpoint, executor_id, capture)
     link.start()
     flush_output_on_exit(link)
-    fingerprint = hygiene.Fingerprint()  # last: what user code finds, and must leave
+    fingerprint = Fingerprint()  # last: what user code finds, and must leave
     link.send(protocol.Hello("executor", protocol.PROTOCOL_VERSION, "", "", executor_id,
                              {"pid": os.getpid()}))
     try:

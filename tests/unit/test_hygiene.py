@@ -18,7 +18,8 @@ import cloudpickle
 import pytest
 
 from burla import protocol
-from burla.exec import hygiene
+from burla.exec import leftovers
+from burla.exec.fingerprint import Fingerprint
 from burla.exec.runner import Runner
 
 pytestmark = pytest.mark.timeout(30)
@@ -29,9 +30,11 @@ FINGERPRINT_SCRIPT = """
 import builtins, gc, io, os, signal, sys, types, ctypes, subprocess, threading, time
 import cloudpickle, tblib.pickling_support, zmq, msgpack
 import burla, burla.exec.runner
-from burla.exec import hygiene
-hygiene.become_subreaper()
-fingerprint = hygiene.Fingerprint()
+from burla.exec import fingerprint as module, leftovers
+leftovers.become_subreaper()
+if {disable_versions}:
+    module._versions_work = lambda: False
+fingerprint = module.Fingerprint()
 out = os.dup(1)
 {code}
 import json
@@ -39,8 +42,9 @@ os.write(out, json.dumps(fingerprint.changes()).encode())
 """
 
 
-def changes_after(code: str) -> list[str]:
-    script = FINGERPRINT_SCRIPT.format(code=textwrap.dedent(code))
+def changes_after(code: str, disable_versions: bool = False) -> list[str]:
+    script = FINGERPRINT_SCRIPT.format(code=textwrap.dedent(code),
+                                       disable_versions=disable_versions)
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=20)
     assert done.returncode == 0, done.stderr.decode()
     found: list[str] = json.loads(done.stdout.decode().rsplit("\n", 1)[-1] or "[]")
@@ -76,6 +80,12 @@ def test_the_fingerprint_names_what_a_job_changed(code: str, named: str) -> None
     assert any(named in change for change in found), found
 
 
+@pytest.mark.parametrize("code", ["builtins.len = lambda obj: 42", "burla.protocol.encode = 1"])
+def test_without_dict_versions_the_values_themselves_are_compared(code: str) -> None:
+    assert changes_after(code, disable_versions=True) == [f"changed {code.split(' =')[0]}"]
+    assert changes_after("import burla.client.api", disable_versions=True) == []
+
+
 def test_what_calls_ordinarily_do_changes_nothing() -> None:
     assert changes_after("""
         import json, decimal, colorsys
@@ -95,8 +105,8 @@ def test_what_calls_ordinarily_do_changes_nothing() -> None:
 
 KILL_SCRIPT = """
 import os, signal, sys, time
-from burla.exec import hygiene
-assert hygiene.become_subreaper()
+from burla.exec import leftovers
+assert leftovers.become_subreaper()
 for _ in range(5):  # zombies
     if os.fork() == 0:
         os._exit(0)
@@ -115,9 +125,9 @@ if stubborn == 0:  # forks on and on until killed
             os._exit(0)
         time.sleep(0.001)
 time.sleep(0.2)
-before = len(hygiene.children())
-count, gone = hygiene.kill_leftovers()
-print(before, count, gone, hygiene.children(), hygiene.kill_leftovers())
+before = len(leftovers.children())
+count, gone = leftovers.kill_leftovers()
+print(before, count, gone, leftovers.children(), leftovers.kill_leftovers())
 """
 
 
@@ -135,8 +145,8 @@ def test_a_refused_fork_at_the_pid_limit_gets_a_note_once(tmp_path: Path,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "pids.max").write_text("64\n")
     (tmp_path / "pids.events").write_text("max 0\n")
-    monkeypatch.setattr(hygiene, "_pids_cgroup", lambda: str(tmp_path))
-    limit = hygiene.PidLimit()
+    monkeypatch.setattr(leftovers, "_pids_cgroup", lambda: str(tmp_path))
+    limit = leftovers.PidLimit()
     unrelated = BlockingIOError(11, "a non-blocking read found nothing")
     limit.explain(unrelated)
     assert not getattr(unrelated, "__notes__", None)  # the cgroup refused no fork
@@ -181,7 +191,7 @@ def chdir_and_return(x: int) -> int:
 def test_a_runner_that_a_job_changed_retires_and_runs_nothing_of_the_next_job(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.chdir(tmp_path)  # restored after the test, whatever the job did
-    monkeypatch.setattr(hygiene, "kill_leftovers", lambda: (0, True))  # not pytest's children
+    monkeypatch.setattr(leftovers, "kill_leftovers", lambda: (0, True))  # not pytest's children
     function = cloudpickle.dumps(chdir_and_return)
     inputs = pickle.dumps([1])
     link = FakeLink([
@@ -193,14 +203,14 @@ def test_a_runner_that_a_job_changed_retires_and_runs_nothing_of_the_next_job(
         protocol.Shutdown("done"),
     ])
     capture = SimpleNamespace(texts=([], []), exact=False, running_index=-1)
-    Runner(link, capture, hygiene.Fingerprint()).serve()  # type: ignore[arg-type]
+    Runner(link, capture, Fingerprint()).serve()  # type: ignore[arg-type]
     assert [type(msg) for msg in link.sent] == [protocol.Results, protocol.Retire]
     assert link.sent[0].job_id == "job-a"  # type: ignore[attr-defined]
     assert "the working directory" in link.sent[1].reason  # type: ignore[attr-defined]
 
 
 def test_a_clean_job_end_keeps_the_runner(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(hygiene, "kill_leftovers", lambda: (0, True))
+    monkeypatch.setattr(leftovers, "kill_leftovers", lambda: (0, True))
     link = FakeLink([
         protocol.Load("job-a", "f", {}, cloudpickle.dumps(abs)),
         protocol.Chunk("job-a", 0, 0, 0, 1, 0, pickle.dumps([-1])),
@@ -210,7 +220,21 @@ def test_a_clean_job_end_keeps_the_runner(monkeypatch: pytest.MonkeyPatch) -> No
         protocol.Shutdown("done"),
     ])
     capture = SimpleNamespace(texts=([], []), exact=False, running_index=-1)
-    Runner(link, capture, hygiene.Fingerprint()).serve()  # type: ignore[arg-type]
+    Runner(link, capture, Fingerprint()).serve()  # type: ignore[arg-type]
     results: list[Any] = [pickle.loads(msg.data) for msg in link.sent]  # type: ignore[attr-defined]
     assert results == [[1], [2]]
     assert os.getcwd()  # unchanged by the runner
+
+
+@pytest.mark.skipif(sys.implementation.name != "cpython", reason="CPython's dict versions")
+def test_cpython_dict_versions_are_read_so_the_common_check_is_cheap() -> None:
+    from burla.exec import fingerprint
+
+    assert fingerprint._versions_work()
+    namespace: dict[str, Any] = {"f": len}
+    versions = fingerprint.DictVersions((namespace,))
+    assert versions.unchanged()
+    namespace["f"] = abs
+    assert not versions.unchanged()
+    versions.rebase()
+    assert versions.unchanged()
