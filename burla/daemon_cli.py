@@ -48,6 +48,20 @@ def _endpoint(bind: bool) -> Callable[[str], str]:
     return parse
 
 
+def _executor_pids_max(value: str) -> int:
+    from burla.agent.config import MIN_EXECUTOR_PIDS  # only when given: it imports psutil
+
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}") from None
+    if number and number < MIN_EXECUTOR_PIDS:
+        raise argparse.ArgumentTypeError(
+            f"{number} leaves an executor too few; give 0 (no limit) or at least "
+            f"{MIN_EXECUTOR_PIDS} (its own threads and reapers need that many)")
+    return number
+
+
 def main(argv: list[str]) -> None:
     """Parse `argv` (the subcommand first) and run that daemon."""
     args = parser().parse_args(argv)
@@ -121,6 +135,9 @@ def _agent_parser(commands: Any) -> None:
                               "0: RAM less a 10%% reserve")
     command.add_argument("--cgroups", default="auto", choices=("auto", "v1", "v2", "none"),
                          help="cgroup backend")
+    command.add_argument("--executor-pids-max", type=_executor_pids_max, default=None, metavar="N",
+                         help="processes and threads each executor may run at once (cgroup "
+                              "pids.max, v1 and v2); 0: no limit; default 4096")
     _add_log_level(command)
     command.set_defaults(run=_run_agent)
 
@@ -235,6 +252,8 @@ def _run_agent(args: argparse.Namespace) -> None:
         overrides["ram_gb"] = args.ram_gb
     if args.memory_budget_gb:
         overrides["memory_budget_bytes"] = int(args.memory_budget_gb * 2**30)
+    if args.executor_pids_max is not None:
+        overrides["executor_pids_max"] = args.executor_pids_max
     config = AgentConfig(
         coordinator=args.coordinator, token=_read_token(args), state_dir=args.state_dir,
         image=args.image, fake_gpus=args.fake_gpus, warm_executors=args.warm,

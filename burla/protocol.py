@@ -332,7 +332,8 @@ class Forget(Message):
 @message("release")
 @dataclasses.dataclass(frozen=True, slots=True)
 class Release(Message):
-    """The job is over on this agent; `kill` stops its running calls (cancel)."""
+    """The job is over on this agent; `kill` stops its running calls (cancel). The agent sends
+    it on (never with `kill`) to each executor that ran the job, once it is idle."""
 
     job_id: str
     kill: bool
@@ -360,3 +361,13 @@ class Load(Message):
     function_hash: str
     env: dict[str, str]
     function: Blob
+
+
+@message("retire")
+@dataclasses.dataclass(frozen=True, slots=True)
+class Retire(Message):
+    """Executor -> agent, when a job ended there: it changed what the next job relies on, or
+    left processes that would not die (`reason` says what). The executor runs no more chunks;
+    the agent gives back any it was sent and replaces it with a fresh fork."""
+
+    reason: str

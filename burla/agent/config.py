@@ -13,6 +13,12 @@ DEFAULT_PREFETCH = 2
 # at least 1 GiB, so a runaway call is killed before the node itself thrashes or OOMs.
 MIN_RESERVE_BYTES = 1 << 30
 RESERVE_FRACTION = 0.10
+# Processes and threads one executor may hold at once (its cgroup's pids.max): far more than
+# a call's process pool needs, yet a fork bomb stops there instead of taking the host's pids,
+# which every user of the machine shares.
+DEFAULT_EXECUTOR_PIDS_MAX = 4096
+# An executor's own tasks: its threads (runner, link, ZeroMQ's), and the sandbox's two reapers.
+MIN_EXECUTOR_PIDS = 16
 
 
 def physical_memory() -> int:
@@ -47,9 +53,15 @@ class AgentConfig:
     sandbox: bool = False  # sandbox executors (takes effect only when the agent is root)
     cgroups: str = "auto"  # cgroup backend: auto, v1, v2 or none
     memory_budget_bytes: int = field(default_factory=default_memory_budget)
+    executor_pids_max: int = DEFAULT_EXECUTOR_PIDS_MAX  # pids.max per executor; 0 = no limit
 
     def __post_init__(self) -> None:
         if self.cgroups not in ("auto", "v1", "v2", "none"):
             raise ValueError(f"cgroups must be auto, v1, v2 or none, got {self.cgroups!r}")
         if self.memory_budget_bytes <= 0:
             raise ValueError(f"memory budget must be > 0 bytes, got {self.memory_budget_bytes}")
+        if self.executor_pids_max and self.executor_pids_max < MIN_EXECUTOR_PIDS:
+            raise ValueError(
+                f"--executor-pids-max must be 0 (no limit) or at least {MIN_EXECUTOR_PIDS} (an "
+                f"executor's own threads and reapers need that many), got {self.executor_pids_max}"
+            )

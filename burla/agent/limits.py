@@ -119,15 +119,15 @@ class LimitPolicy:
     gpus: tuple[Gpu, ...] = ()
     memory_budget_bytes: int = 0
     sandbox: SandboxSpec | None = None  # None: executors run unsandboxed
+    pids_max: int | None = None  # processes and threads per executor (pids.max); None: any
 
     def limits(self, shape: Shape, gpu: Gpu | None) -> tuple[Limits, str | None]:
         """The cgroup limits of an executor of `shape` and the group it belongs under."""
         func_cpu, func_ram, _ = shape
         devices = gpu_device_rules(gpu) if self.gpus else ()
         memory = func_ram * GIB if func_ram else None
-        return Limits(cpus=func_cpu, memory_bytes=memory, devices=devices), (
-            None if func_ram else DYNAMIC_GROUP
-        )
+        limits = Limits(cpus=func_cpu, memory_bytes=memory, pids=self.pids_max, devices=devices)
+        return limits, None if func_ram else DYNAMIC_GROUP
 
     def env(self, gpu: Gpu | None) -> dict[str, str]:
         """Environment an executor starts with: its GPU by UUID, every other GPU hidden."""
@@ -148,6 +148,18 @@ class LimitPolicy:
         return dataclasses.asdict(spec)
 
 
+def executor_pids_max(configured: int, backend: CgroupBackend) -> int | None:
+    """The pids.max each executor gets: the agent's option (0: none), where the backend can."""
+    if not configured:
+        return None
+    if not backend.pids_limited:
+        if backend.enforced:  # the none backend already said that nothing is enforced
+            log.warning("executor_pids_not_limited", cgroups=backend.name,
+                        reason="no pids controller is mounted or delegated to the agent")
+        return None
+    return configured
+
+
 def build_policy(config: AgentConfig) -> LimitPolicy:
     """The cgroup backend, GPUs, memory budget and sandbox this agent's executors get."""
     force = None if config.cgroups == "auto" else config.cgroups
@@ -164,7 +176,8 @@ def build_policy(config: AgentConfig) -> LimitPolicy:
                             uid=sandbox.uid, advice="make them readable by others (chmod o+rX)")
         else:
             log.warning("sandbox_unavailable", reason=unsupported)
+    pids_max = executor_pids_max(config.executor_pids_max, backend)
     log.info("executor_policy", cgroups=backend.name, enforced=backend.enforced,
              gpus=[gpu.type for gpu in gpus], sandbox=sandbox is not None,
-             memory_budget_gb=round(config.memory_budget_bytes / 2**30, 2))
-    return LimitPolicy(backend, gpus, config.memory_budget_bytes, sandbox)
+             memory_budget_gb=round(config.memory_budget_bytes / 2**30, 2), pids_max=pids_max)
+    return LimitPolicy(backend, gpus, config.memory_budget_bytes, sandbox, pids_max)

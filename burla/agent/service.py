@@ -300,8 +300,15 @@ class Agent:
                 executor.chunk = None
                 self.pool.kill(executor)
             elif not executor.busy():
-                executor.job_id = ""
+                self.end_job(executor, msg.job_id)
         log.info("job_released", job=msg.job_id, killed=msg.kill)
+
+    def end_job(self, executor: Executor, job_id: str) -> None:
+        """The executor goes idle-warm; it cleans up after the job (and asks to be retired if
+        the job changed what the next one relies on) before it reads the next job's Load."""
+        executor.job_id = ""
+        if executor.ready and executor.loaded_job == job_id:  # it ran the job's code
+            self.downstream.send(protocol.Release(job_id, False), executor.executor_id.encode())
 
     def on_forget(self, msg: protocol.Forget) -> None:
         # Executors keep their loaded copy (within their own bound); a job running it is live,
@@ -335,6 +342,8 @@ class Agent:
             self.on_results(executor, msg)
         elif isinstance(msg, protocol.Logs):
             self.send_up(msg)
+        elif isinstance(msg, protocol.Retire):
+            self.on_retire(executor, msg)
         elif isinstance(msg, protocol.Hello):
             executor.ready = True
             log.debug("executor_ready", executor=executor.executor_id, pid=executor.pid,
@@ -356,7 +365,24 @@ class Agent:
             if executor.job_id in self.jobs:
                 self.feed(executor)
             else:  # its job was released while it finished the last chunk
-                executor.job_id = ""
+                self.end_job(executor, executor.job_id)
+
+    def on_retire(self, executor: Executor, msg: protocol.Retire) -> None:
+        """Replace an executor that a job left changed. It ran nothing since it said so: a
+        chunk it was sent meanwhile goes back to the front of its queue, no crash counted."""
+        log.info("executor_retired", executor=executor.executor_id, pid=executor.pid,
+                 reason=msg.reason)
+        if executor.killed:
+            return
+        job = self.jobs.get(executor.job_id)
+        chunk, executor.chunk = executor.chunk, None
+        self.pool.kill(executor)  # its exit is nobody's crash; keep_warm refills an idle one
+        if job is None or self.stopping.is_set():
+            return
+        if chunk is not None:
+            job.queue.appendleft(chunk)
+        self.attach(self.pool.spawn(job.shape, job.owner), job)
+        self.feed_idle(job)
 
     def on_executor_exit(self, executor: Executor) -> None:
         self.check_warm()

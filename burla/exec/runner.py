@@ -26,8 +26,10 @@ import cloudpickle
 from tblib import pickling_support
 
 from burla import protocol
+from burla.exec import leftovers
 from burla.exec.batches import pack
 from burla.exec.capture import Capture
+from burla.exec.fingerprint import Fingerprint
 from burla.exec.link import AgentLink
 from burla.exec.portable import portable_exception
 
@@ -42,25 +44,53 @@ _PR_SET_PDEATHSIG = 1
 
 
 class Runner:
-    def __init__(self, link: AgentLink, capture: Capture) -> None:
+    def __init__(self, link: AgentLink, capture: Capture,
+                 fingerprint: Fingerprint | None = None) -> None:
         self.link = link
         self.capture = capture
         self.functions: OrderedDict[str, Callable[..., Any]] = OrderedDict()
         self.function_bytes: dict[str, int] = {}  # pickled size, standing in for loaded size
         self.function: Callable[..., Any] | None = None
         self.job_id = ""
+        # The state before any user code ran (None: no checks, for tests without an agent).
+        self.fingerprint = fingerprint
+        self.retired = False  # told the agent to replace us: run nothing more
+        self.pid_limit = leftovers.PidLimit()
 
     def serve(self) -> None:
         while True:
             msg = self.link.recv()
+            if isinstance(msg, protocol.Shutdown):
+                return
+            if self.retired:
+                continue  # the agent takes back what it sent and kills us
             if isinstance(msg, protocol.Chunk):
                 self.run_chunk(msg)
             elif isinstance(msg, protocol.Load):
                 self.load(msg)
-            elif isinstance(msg, protocol.Shutdown):
-                return
+            elif isinstance(msg, protocol.Release) and msg.job_id == self.job_id:
+                self.end_job()
+
+    def end_job(self) -> None:
+        """The job is over here: kill what it left running, and ask to be retired if it changed
+        what the next job relies on. Once per job, when it ends, never per input or chunk."""
+        self.job_id = ""
+        if self.fingerprint is None:
+            return
+        _, all_gone = leftovers.kill_leftovers()
+        reasons = self.fingerprint.changes()
+        if not all_gone:
+            reasons.append(f"left processes that SIGKILL did not end within "
+                           f"{leftovers.KILL_TIMEOUT_S:g} s")
+        if reasons:
+            self.retired = True
+            self.link.send(protocol.Retire("; ".join(reasons)))
 
     def load(self, msg: protocol.Load) -> None:
+        if self.job_id and msg.job_id != self.job_id:  # the agent's Release did not come first
+            self.end_job()
+            if self.retired:
+                return
         self.job_id = self.link.job_id = msg.job_id
         os.environ.update(msg.env)
         function = self.functions.get(msg.function_hash)
@@ -126,6 +156,7 @@ class Runner:
                 if type(arg) is tuple and isinstance(exc, TypeError):
                     _note_unpacking(exc, function, arg, index)
                 exc = exc.with_traceback(_user_frames(exc.__traceback__))
+                self.pid_limit.explain(exc)
                 append(portable_exception(exc))
                 errors.append(index)
             if out_texts or err_texts or capture.exact:  # output to close for this input
@@ -243,13 +274,15 @@ def main(endpoint: str, executor_id: str, parent: int | None = None,
     if crash_fd is not None:
         faulthandler.enable(file=crash_fd, all_threads=False)  # the crashing thread: small
     pickling_support.install()
+    leftovers.become_subreaper()  # a daemon a call starts stays ours, to be killed at job end
     capture = Capture()
     link = AgentLink(endpoint, executor_id, capture)
     link.start()
     flush_output_on_exit(link)
+    fingerprint = Fingerprint()  # last: what user code finds, and must leave
     link.send(protocol.Hello("executor", protocol.PROTOCOL_VERSION, "", "", executor_id,
                              {"pid": os.getpid()}))
     try:
-        Runner(link, capture).serve()
+        Runner(link, capture, fingerprint).serve()
     finally:
         link.close()

@@ -8,9 +8,11 @@ import stat
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
+from burla import daemon_cli
 from burla.agent.cgroups import Limits, NoneBackend
-from burla.agent.config import default_memory_budget
+from burla.agent.config import DEFAULT_EXECUTOR_PIDS_MAX, AgentConfig, default_memory_budget
 from burla.agent.gpus import fake_gpus
 from burla.agent.limits import (
     DYNAMIC_GROUP,
@@ -20,6 +22,7 @@ from burla.agent.limits import (
     LimitPolicy,
     base_sandbox,
     cgroup_root_name,
+    executor_pids_max,
     gpu_device_rules,
     runtime_paths,
 )
@@ -122,3 +125,49 @@ def test_v2_group_caps_memory_without_oom_group_and_holds_executors(
     backend.remove_root()
     assert not backend.root.exists()
     group.remove()  # already gone: nothing to do
+
+
+def test_every_executor_gets_the_agents_pid_limit_on_v2(make_backend: Factory) -> None:  # noqa: F811
+    backend, _ = make_backend()
+    policy = LimitPolicy(backend, memory_budget_bytes=GIB,
+                         pids_max=executor_pids_max(DEFAULT_EXECUTOR_PIDS_MAX, backend))
+    backend.create_group(DYNAMIC_GROUP, GIB)
+    for name, shape in (("fixed", (1, 2, None)), ("dynamic", (1, 0, None))):
+        limits, parent = policy.limits(shape, None)
+        backend.create(name, limits, parent)
+    assert read(backend.root / "fixed" / "pids.max") == str(DEFAULT_EXECUTOR_PIDS_MAX)
+    assert read(backend.root / DYNAMIC_GROUP / "dynamic" / "pids.max") == "4096"
+
+
+def test_without_a_pids_controller_executors_still_start_and_the_agent_says_so(
+    make_backend: Factory,  # noqa: F811
+) -> None:
+    backend, _ = make_backend(controllers="cpu memory")
+    with capture_logs() as logs:
+        pids = executor_pids_max(DEFAULT_EXECUTOR_PIDS_MAX, backend)
+    assert pids is None and [e["event"] for e in logs] == ["executor_pids_not_limited"]
+    limits, _ = LimitPolicy(backend, pids_max=pids).limits((1, 2, None), None)
+    backend.create("e1", limits)  # asking for pids.max here would fail
+    assert not (backend.root / "e1" / "pids.max").exists()
+    with capture_logs() as logs:
+        assert executor_pids_max(0, NoneBackend("tests")) is None  # 0: no limit asked
+        assert executor_pids_max(64, NoneBackend("tests")) is None  # none said it already
+    assert [e["event"] for e in logs] == ["cgroup_limits_not_enforced"] * 2
+
+
+def test_the_pid_limit_option_is_checked_and_its_help_names_the_default(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(ValueError, match="at least 16 .* got 3"):
+        AgentConfig("tcp://127.0.0.1:1", "token", tmp_path, executor_pids_max=3)
+    assert AgentConfig("tcp://127.0.0.1:1", "token", tmp_path).executor_pids_max == 4096
+    args = ["agent", "--coordinator", "tcp://10.0.0.2:7700", "--state-dir", str(tmp_path)]
+    with pytest.raises(SystemExit):
+        daemon_cli.parser().parse_args([*args, "--executor-pids-max", "3"])
+    error = capsys.readouterr().err
+    assert "--executor-pids-max: 3 leaves an executor too few" in error and "--help" in error
+    assert daemon_cli.parser().parse_args([*args, "--executor-pids-max", "0"]
+                                          ).executor_pids_max == 0
+    with pytest.raises(SystemExit):
+        daemon_cli.parser().parse_args(["agent", "--help"])
+    assert f"default {DEFAULT_EXECUTOR_PIDS_MAX}" in " ".join(capsys.readouterr().out.split())

@@ -79,6 +79,7 @@ class CgroupBackend(Protocol):
 
     name: str
     enforced: bool
+    pids_limited: bool  # whether Limits.pids can be enforced (a pids controller is ours)
 
     def create(self, name: str, limits: Limits, parent: str | None = None) -> Cgroup: ...
     def create_group(self, name: str, memory_bytes: int) -> Cgroup: ...

@@ -70,6 +70,7 @@ class NoneBackend:
 
     name = "none"
     enforced = False
+    pids_limited = False
 
     def __init__(self, reason: str) -> None:
         self.reason = reason

@@ -110,6 +110,7 @@ class V1Backend:
         }
         self.root_name = check_name(root_name)
         self._kill_timeout_s = kill_timeout_s
+        self.pids_limited = "pids" in self._mounts
 
     def roots(self) -> list[Path]:
         """The `<mount>/<root_name>` directory of every hierarchy we use."""

@@ -134,6 +134,7 @@ class V2Backend:
         self.controllers = [
             c for c in REQUIRED_CONTROLLERS + OPTIONAL_CONTROLLERS if c in available
         ]
+        self.pids_limited = "pids" in self.controllers
         self._setup()
 
     def _setup(self) -> None:

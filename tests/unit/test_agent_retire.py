@@ -1,0 +1,112 @@
+"""The agent's side of executor hygiene, on plain events: a job's end is passed on to the
+executors that ran it, and a retiring executor is replaced without a crash being counted."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from burla import protocol
+from burla.agent.cgroups import NoneBackend
+from burla.agent.config import AgentConfig
+from burla.agent.executors import DYING, Executor
+from burla.agent.service import Agent, AgentJob
+
+pytestmark = pytest.mark.timeout(10)
+SHAPE = (1, 0, None)
+
+
+class Sent:
+    """Stands in for a channel: records what the agent sends, and to whom."""
+
+    def __init__(self) -> None:
+        self.messages: list[tuple[bytes | None, protocol.Message]] = []
+
+    def send(self, msg: protocol.Message, peer: bytes | None = None) -> bool:
+        self.messages.append((peer, msg))
+        return True
+
+
+@pytest.fixture
+def agent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Agent]:
+    config = AgentConfig("tcp://127.0.0.1:1", "token", tmp_path, cpus=2, warm_executors=0,
+                         cgroups="none")
+    made = Agent(config)
+    made.downstream, made.upstream = Sent(), Sent()  # type: ignore[assignment]
+    backend = NoneBackend("tests")
+    spawned = iter(range(100))
+
+    def spawn(shape: Any, owner: str = "") -> Executor:  # a fork that is instantly ready
+        executor_id = f"fresh-{next(spawned)}"
+        executor = Executor(executor_id, shape, backend.create(executor_id, made.policy.limits(
+            shape, None)[0]), owner=owner, ready=True)
+        made.pool.executors[executor_id] = executor
+        return executor
+
+    monkeypatch.setattr(made.pool, "spawn", spawn)
+    yield made
+    made.ctx.destroy(linger=0)
+
+
+def add_executor(agent: Agent, name: str, job: AgentJob | None) -> Executor:
+    executor = Executor(name, SHAPE, NoneBackend("tests").create(name, agent.policy.limits(
+        SHAPE, None)[0]), owner="me", ready=True)
+    if job is not None:
+        executor.job_id = executor.loaded_job = job.job_id
+        executor.loaded_hash = job.function_hash
+    agent.pool.executors[name] = executor
+    return executor
+
+
+def add_job(agent: Agent, job_id: str) -> AgentJob:
+    job = AgentJob(job_id, "hash", b"function", 1, SHAPE, "me", {}, parallelism=1)
+    agent.jobs[job_id] = job
+    return job
+
+
+def chunk(job_id: str) -> protocol.Chunk:
+    return protocol.Chunk(job_id, 7, 0, 0, 3, 0, b"inputs")
+
+
+def test_a_released_job_is_passed_on_to_the_idle_executors_that_ran_it(agent: Agent) -> None:
+    job = add_job(agent, "job-a")
+    ran = add_executor(agent, "ran", job)
+    attached = add_executor(agent, "attached", job)
+    attached.loaded_job = ""  # attached, never fed: it ran nothing of the job
+    agent.on_release(protocol.Release("job-a", False))
+    assert ran.job_id == attached.job_id == ""
+    assert agent.downstream.messages == [(b"ran", protocol.Release("job-a", False))]  # type: ignore[attr-defined]
+
+
+def test_a_busy_executor_gets_the_release_once_its_last_chunk_is_done(agent: Agent) -> None:
+    job = add_job(agent, "job-a")
+    busy = add_executor(agent, "busy", job)
+    busy.chunk = chunk("job-a")
+    agent.on_release(protocol.Release("job-a", False))
+    assert agent.downstream.messages == []  # type: ignore[attr-defined]
+    agent.on_results(busy, protocol.Results("job-a", 7, 0, 0, 3, [], True, 0, 0, b"[]"))
+    assert busy.job_id == ""
+    assert agent.downstream.messages == [(b"busy", protocol.Release("job-a", False))]  # type: ignore[attr-defined]
+
+
+def test_an_executor_retiring_with_a_chunk_gives_it_back_uncounted(agent: Agent) -> None:
+    job = add_job(agent, "job-b")
+    changed = add_executor(agent, "changed", job)
+    sent = chunk("job-b")
+    changed.chunk = sent  # sent to it before its Retire arrived; it will not run it
+    agent.on_executor_message(b"changed", protocol.Retire("changed builtins.len"))
+    assert changed.killed and changed.job_id == DYING and changed.chunk is None
+    fresh = [e for e in agent.pool.executors.values() if e.executor_id.startswith("fresh")]
+    assert len(fresh) == 1 and fresh[0].job_id == "job-b"
+    # The fresh executor took the chunk at once, untouched, and no crash was counted.
+    assert fresh[0].chunk == sent and not job.queue and job.crashes == {}
+
+
+def test_an_idle_executor_retiring_is_killed_and_not_replaced_for_a_job(agent: Agent) -> None:
+    idle = add_executor(agent, "idle", None)
+    agent.on_executor_message(b"idle", protocol.Retire("changed the working directory"))
+    assert idle.killed and idle.job_id == DYING
+    assert list(agent.pool.executors) == ["idle"]  # keep_warm refills once its exit is seen
