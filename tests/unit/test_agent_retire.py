@@ -68,7 +68,7 @@ def add_job(agent: Agent, job_id: str) -> AgentJob:
 
 
 def chunk(job_id: str) -> protocol.Chunk:
-    return protocol.Chunk(job_id, 7, 0, 0, 3, 0, b"inputs")
+    return protocol.Chunk(job_id, 7, 0, 0, 3, 0, False, b"inputs")
 
 
 def test_a_released_job_is_passed_on_to_the_idle_executors_that_ran_it(agent: Agent) -> None:

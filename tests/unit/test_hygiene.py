@@ -196,10 +196,10 @@ def test_a_runner_that_a_job_changed_retires_and_runs_nothing_of_the_next_job(
     inputs = pickle.dumps([1])
     link = FakeLink([
         protocol.Load("job-a", "f", {}, function),
-        protocol.Chunk("job-a", 0, 0, 0, 1, 0, inputs),
+        protocol.Chunk("job-a", 0, 0, 0, 1, 0, False, inputs),
         # No Release came first: the next job's Load is where the runner notices the change.
         protocol.Load("job-b", "f", {}, b""),
-        protocol.Chunk("job-b", 0, 0, 0, 1, 0, inputs),
+        protocol.Chunk("job-b", 0, 0, 0, 1, 0, False, inputs),
         protocol.Shutdown("done"),
     ])
     capture = SimpleNamespace(texts=([], []), exact=False, running_index=-1)
@@ -213,10 +213,10 @@ def test_a_clean_job_end_keeps_the_runner(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setattr(leftovers, "kill_leftovers", lambda: (0, True))
     link = FakeLink([
         protocol.Load("job-a", "f", {}, cloudpickle.dumps(abs)),
-        protocol.Chunk("job-a", 0, 0, 0, 1, 0, pickle.dumps([-1])),
+        protocol.Chunk("job-a", 0, 0, 0, 1, 0, False, pickle.dumps([-1])),
         protocol.Release("job-a", False),
         protocol.Load("job-b", "f", {}, b""),
-        protocol.Chunk("job-b", 0, 0, 0, 1, 0, pickle.dumps([-2])),
+        protocol.Chunk("job-b", 0, 0, 0, 1, 0, False, pickle.dumps([-2])),
         protocol.Shutdown("done"),
     ])
     capture = SimpleNamespace(texts=([], []), exact=False, running_index=-1)
