@@ -33,6 +33,10 @@ log = structlog.get_logger("burla.agent")
 
 # Every message of an agent the coordinator forgot is refused; one Hello per this long answers.
 REHELLO_SECONDS = 0.5
+# A job's end reaches its idle executors this long after it, unless the next job's Load came
+# first (the executor cleans up then anyway): a warm loop of small jobs pays no message for it,
+# and what a job left running is killed within this bound of its end.
+RELEASE_PASS_ON_SECONDS = 0.05
 # While no coordinator answers, say so this often (the first time after PEER_TIMEOUT_SECONDS).
 UNREACHABLE_LOG_SECONDS = 10.0
 # Longest the agent waits for its warm executors before registering without them.
@@ -305,9 +309,18 @@ class Agent:
 
     def end_job(self, executor: Executor, job_id: str) -> None:
         """The executor goes idle-warm; it cleans up after the job (and asks to be retired if
-        the job changed what the next one relies on) before it reads the next job's Load."""
+        the job changed what the next one relies on) before it reads the next job's Load, or
+        when told of the job's end, RELEASE_PASS_ON_SECONDS later, if no Load came first."""
         executor.job_id = ""
         if executor.ready and executor.loaded_job == job_id:  # it ran the job's code
+            self.later(RELEASE_PASS_ON_SECONDS, self.pass_on_release, executor, job_id)
+
+    def later(self, delay: float, callback: Callable[..., None], *args: Any) -> None:
+        asyncio.get_running_loop().call_later(delay, callback, *args)
+
+    def pass_on_release(self, executor: Executor, job_id: str) -> None:
+        still_idle_after_it = executor.job_id == "" and executor.loaded_job == job_id
+        if still_idle_after_it and self.pool.executors.get(executor.executor_id) is executor:
             self.downstream.send(protocol.Release(job_id, False), executor.executor_id.encode())
 
     def on_forget(self, msg: protocol.Forget) -> None:

@@ -47,8 +47,18 @@ def agent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Agent]:
         return executor
 
     monkeypatch.setattr(made.pool, "spawn", spawn)
+    made.delayed = []  # type: ignore[attr-defined]
+    monkeypatch.setattr(made, "later", lambda _delay, callback, *args:
+                        made.delayed.append((callback, args)))  # type: ignore[attr-defined]
     yield made
     made.ctx.destroy(linger=0)
+
+
+def run_delayed(agent: Agent) -> None:
+    """What the event loop would run RELEASE_PASS_ON_SECONDS later."""
+    delayed, agent.delayed = agent.delayed, []  # type: ignore[attr-defined]
+    for callback, args in delayed:
+        callback(*args)
 
 
 def add_executor(agent: Agent, name: str, job: AgentJob | None) -> Executor:
@@ -78,7 +88,18 @@ def test_a_released_job_is_passed_on_to_the_idle_executors_that_ran_it(agent: Ag
     attached.loaded_job = ""  # attached, never fed: it ran nothing of the job
     agent.on_release(protocol.Release("job-a", False))
     assert ran.job_id == attached.job_id == ""
+    assert agent.downstream.messages == []  # type: ignore[attr-defined]
+    run_delayed(agent)
     assert agent.downstream.messages == [(b"ran", protocol.Release("job-a", False))]  # type: ignore[attr-defined]
+
+
+def test_no_release_is_passed_on_to_an_executor_the_next_job_took_first(agent: Agent) -> None:
+    job = add_job(agent, "job-a")
+    ran = add_executor(agent, "ran", job)
+    agent.on_release(protocol.Release("job-a", False))
+    ran.job_id = ran.loaded_job = "job-b"  # the next job's Load went first: it cleans up then
+    run_delayed(agent)
+    assert agent.downstream.messages == []  # type: ignore[attr-defined]
 
 
 def test_a_busy_executor_gets_the_release_once_its_last_chunk_is_done(agent: Agent) -> None:
@@ -89,6 +110,7 @@ def test_a_busy_executor_gets_the_release_once_its_last_chunk_is_done(agent: Age
     assert agent.downstream.messages == []  # type: ignore[attr-defined]
     agent.on_results(busy, protocol.Results("job-a", 7, 0, 0, 3, [], True, 0, 0, b"[]"))
     assert busy.job_id == ""
+    run_delayed(agent)
     assert agent.downstream.messages == [(b"busy", protocol.Release("job-a", False))]  # type: ignore[attr-defined]
 
 
