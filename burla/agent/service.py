@@ -402,6 +402,10 @@ class Agent:
         """
         done = executor.reported
         index = chunk.first_index + done
+        if executor.last_words or executor.last_words_lost:  # what it printed before it died
+            self.send_up(protocol.Logs.pack(job.job_id, [
+                [index if i == -1 else i, s, t] for i, s, t in executor.last_words
+            ], executor.last_words_lost))
         if executor.crash_report:  # where in the user's code it crashed, as that call's stderr
             self.send_up(protocol.Logs.pack(job.job_id, [[index, 2, executor.crash_report]], 0))
         others = sum(1 for e in self.pool.executors.values() if e.job_id == job.job_id)

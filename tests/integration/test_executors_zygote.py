@@ -97,7 +97,8 @@ def test_zygote_forks_on_request_and_reports_each_exit_status(zygote) -> None:
     os.kill(pid, signal.SIGKILL)
     exited = receive(sock)
     assert exited == {"op": "exited", "id": "killed", "pid": pid, "status": exited["status"],
-                      "crash": ""}  # SIGKILL: no fatal-signal handler ran, nothing to report
+                      "crash": "", "output": [], "lost": 0}  # SIGKILL: no handler ran, and
+    # it printed nothing: no crash report, no last words
     assert os.waitstatus_to_exitcode(exited["status"]) == -signal.SIGKILL
     assert not psutil.pid_exists(pid)
     sock.send(pack({"op": "quit"}))
