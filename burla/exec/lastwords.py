@@ -96,7 +96,7 @@ class Journal:
     def append(self, record: bytes) -> None:
         if self._length + len(record) > HALF_BYTES:  # full: the newest output is kept
             start = _HEADER.size + self._half * HALF_BYTES
-            lost = self._lost_lines + self._map[start:start + self._length].count(b"\n")
+            lost = self._lost_lines + _lines(self._map[start:start + self._length])
             self._rewrite([record], lost)
             return
         start = _HEADER.size + self._half * HALF_BYTES + self._length
@@ -113,7 +113,7 @@ class Journal:
         kept, size = [], 0
         for position in range(len(records) - 1, -1, -1):
             if size + len(records[position]) > HALF_BYTES:
-                lost += sum(record.count(b"\n") for record in records[:position + 1])
+                lost += _lines(b"".join(records[:position + 1]))
                 break
             kept.append(records[position])
             size += len(records[position])
@@ -169,8 +169,13 @@ def _read_journal(fd: int) -> tuple[list[list[Any]], int]:
     state, lost = _HEADER.unpack_from(data)
     half, length = int(bool(state & _LIVE_HALF)), min(state & ~_LIVE_HALF, HALF_BYTES)
     start = _HEADER.size + half * HALF_BYTES
-    unpacker = msgpack.Unpacker(raw=False, max_buffer_size=HALF_BYTES)
-    unpacker.feed(data[start:start + length])
+    return _records(data[start:start + length]), int(lost)
+
+
+def _records(data: bytes) -> list[list[Any]]:
+    """The well-formed records in `data`, up to any damage."""
+    unpacker = msgpack.Unpacker(raw=False, max_buffer_size=max(len(data), 1))
+    unpacker.feed(data)
     records: list[list[Any]] = []
     try:
         for record in unpacker:
@@ -178,7 +183,17 @@ def _read_journal(fd: int) -> tuple[list[list[Any]], int]:
                 records.append(record)
     except Exception:  # msgpack's errors for damaged data have no common base
         pass
-    return records, int(lost)
+    return records
+
+
+def _lines(data: bytes) -> int:
+    """Lines of output the records in `data` hold (a partial line counts as one)."""
+    return sum(_text_lines(record[-1]) for record in _records(data))
+
+
+def _text_lines(text: str | bytes) -> int:
+    newline = "\n" if isinstance(text, str) else b"\n"
+    return text.count(newline) + (0 if not text or text.endswith(newline) else 1)
 
 
 def _valid(record: Any) -> bool:
@@ -230,13 +245,13 @@ def _last(entries: list[list[Any]], lost: int) -> tuple[list[list[Any]], int]:
     for position in range(len(entries) - 1, -1, -1):
         index, stream, text = entries[position]
         if size + len(text) > MAX_LAST_WORDS_BYTES:
-            lost += sum(str(e[2]).count("\n") or 1 for e in entries[:position])
+            lost += sum(_text_lines(e[2]) for e in entries[:position])
             room = MAX_LAST_WORDS_BYTES - size
-            if room > 0:
+            if room > 0:  # its end is kept; the lines its cut head held are lost
                 kept.append([index, stream, text[-room:]])
                 lost += text[:-room].count("\n")
             else:
-                lost += text.count("\n") or 1
+                lost += _text_lines(text)
             break
         kept.append([index, stream, text])
         size += len(text)

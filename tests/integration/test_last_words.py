@@ -138,3 +138,35 @@ def test_output_still_in_the_pipe_when_the_executor_dies_arrives(
     assert remote_parallel_map(killed_while_its_output_is_in_the_pipe, [str(marker)],
                                spinner=False) == ["retried"]
     assert f"still in the pipe, from {marker.read_text()}\n" in capfd.readouterr().out
+
+
+def sent_then_killed(marker: str) -> str:
+    """A line that was sent before the executor died, then one that was not."""
+    import signal
+    import sys
+    import time
+
+    if os.path.exists(marker):
+        return "retried"
+    pid = os.getpid()
+    Path(marker).write_text(str(pid))
+    capture = sys.stdout.capture  # type: ignore[attr-defined]
+    print(f"sent before the kill by {pid}", flush=True)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # until the link thread sent it: its journal is empty
+        with capture._lock:
+            if capture.journal._length == 0:
+                break
+        time.sleep(0.001)
+    print(f"not sent before the kill by {pid}", flush=True)
+    os.kill(pid, signal.SIGKILL)
+    return "unreachable"
+
+
+def test_output_sent_before_the_crash_is_not_repeated(cluster, capfd, tmp_path: Path) -> None:
+    marker = tmp_path / "died"
+    assert remote_parallel_map(sent_then_killed, [str(marker)], spinner=False) == ["retried"]
+    pid = marker.read_text()
+    out = capfd.readouterr().out
+    assert out.count(f"sent before the kill by {pid}\n") == 1, out
+    assert out.count(f"not sent before the kill by {pid}\n") == 1, out
