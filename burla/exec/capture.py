@@ -25,7 +25,7 @@ import threading
 import time
 
 from burla.exec import lastwords
-from burla.exec.lastwords import ENTRY, HELD, Journal, Pipes, entry_record, pipe_record
+from burla.exec.lastwords import Journal, Pipes, entries_record, held_record, pipe_record
 
 # Largest single log entry (a block of lines); a longer line is cut into pieces of this size.
 MAX_ENTRY_BYTES = 16 * 1024
@@ -147,6 +147,7 @@ class Capture:
         # Python's writes not yet made entries: appended by any thread, stream 1 then 2.
         self.texts: tuple[list[str], list[str]] = ([], [])
         self.finished: list[list[object]] = []  # entries of ended inputs, for the link thread
+        self._journaled = 0  # how many of `finished` are in the journal (flushed ones)
         # Per stream, the input whose unterminated line waits in `texts`, and since when.
         self._open: list[tuple[int, float] | None] = [None, None]
         # Per stream, the unterminated line take_texts put back in `texts` (journaled).
@@ -212,32 +213,31 @@ class Capture:
             os.write(2, mark)
 
     def _finish_texts(self, index: int) -> None:
-        """Make all of Python's writes entries of `index` in `finished` (with `_lock` held)."""
-        start = len(self.finished)
+        """Make all of Python's writes entries of `index` in `finished` (with `_lock` held).
+        The link thread records them in the journal as it takes them (within milliseconds),
+        not here: that would cost every input that prints."""
         for stream, texts in enumerate(self.texts, 1):
             if texts:
                 _add_entries(index, stream, _take_text(texts, len(texts)), self.finished)
             self._open[stream - 1] = None
-        self._journal_entries(self.finished[start:])
-        self._hold(0, None)
-        self._hold(1, None)
 
     def flush_texts(self) -> None:
-        """Python's writes so far go to the link thread, unterminated lines too (a flush)."""
+        """Python's writes so far go to the link thread, unterminated lines too, and into the
+        journal at once (a flush: they outlive a crash from now on)."""
         if self.texts[0] or self.texts[1]:
             with self._lock:
                 self._finish_texts(self.running_index)
-
-    def _journal_entries(self, entries: list[list[object]]) -> None:
-        if self.journal is not None:
-            for entry in entries:
-                self.journal.append(entry_record(ENTRY, entry))
+                if self.journal is not None:
+                    self.journal.append(entries_record(self.finished[self._journaled:]))
+                    self._journaled = len(self.finished)
+                    self._hold(0, None)  # the held lines' text is in those entries
+                    self._hold(1, None)
 
     def _hold(self, position: int, held: tuple[int, str] | None) -> None:
         """Record the unterminated line take_texts holds back for a stream (None: none)."""
         if self.journal is not None and held != self._held[position]:
             index, text = held or (-1, "")
-            self.journal.append(entry_record(HELD, (index, position + 1, text)))
+            self.journal.append(held_record(index, position + 1, text))
         self._held[position] = held
 
     def shipped(self) -> None:
@@ -248,8 +248,10 @@ class Capture:
         with self._lock:
             records = [pipe_record(p.stream, p.buffer) for p in self._parsers.values()
                        if p.buffer]
-            records += [entry_record(ENTRY, entry) for entry in self.finished]
-            records += [entry_record(HELD, (held[0], position + 1, held[1]))
+            if self.finished:
+                records.append(entries_record(self.finished))
+            self._journaled = len(self.finished)
+            records += [held_record(held[0], position + 1, held[1])
                         for position, held in enumerate(self._held) if held]
             self.journal.reset(records)
 
@@ -260,8 +262,11 @@ class Capture:
         if not (self.finished or self.texts[0] or self.texts[1]):
             return
         with self._lock:
+            taken = self.finished[self._journaled:]  # not in the journal yet
             out.extend(self.finished)
             self.finished.clear()
+            self._journaled = 0
+            helds: list[tuple[int, str] | None] = [None, None]
             for position, texts in enumerate(self.texts):
                 count = len(texts)
                 if not count:
@@ -270,7 +275,6 @@ class Capture:
                 # that input needs the lock we hold to take them.
                 index = self.running_index
                 text = _take_text(texts, count)  # a line held back before comes first
-                held = None
                 cut = text.rfind("\n") + 1
                 if cut == len(text):
                     self._open[position] = None
@@ -282,12 +286,16 @@ class Capture:
                         self._open[position] = (index, time.monotonic())  # its rest waits
                     elif len(text) - cut < MAX_ENTRY_BYTES:
                         texts.insert(0, text[cut:])  # the line being written waits for its end
-                        held = (index, text[cut:])
+                        helds[position] = (index, text[cut:])
                         text = text[:cut]
                 start = len(out)
                 _add_entries(index, position + 1, text, out)
-                self._journal_entries(out[start:])
-                self._hold(position, held)
+                taken += out[start:]
+            if self.journal is not None:
+                if taken:
+                    self.journal.append(entries_record(taken))
+                self._hold(0, helds[0])  # after the entries that hold any line held before
+                self._hold(1, helds[1])
 
     def take_partial(self, opened_before: float, out: list[list[object]]) -> None:
         """Append everything captured, and the lines the running call began before

@@ -33,7 +33,7 @@ _LIVE_HALF = 1 << 31
 MAX_LAST_WORDS_BYTES = 64 * 1024
 # Most bytes read from a dead executor's pipe (a process that escaped it could write on).
 MAX_LEFTOVER_BYTES = 1 << 20
-# Record kinds: bytes read from a pipe, an entry made from Python's writes, and the
+# Record kinds: bytes read from a pipe, entries made from Python's writes, and the
 # unterminated line Python wrote that the link thread holds back (empty: none any more).
 PIPE, ENTRY, HELD = 0, 1, 2
 
@@ -78,9 +78,14 @@ def pipe_record(stream: int, data: bytes) -> bytes:
     return msgpack.packb([PIPE, stream, data])
 
 
-def entry_record(kind: int, entry: Sequence[object]) -> bytes:
-    """A record of an entry `[index, stream, text]`, made (ENTRY) or held back (HELD)."""
-    return msgpack.packb([kind, *entry])
+def entries_record(entries: Sequence[Sequence[object]]) -> bytes:
+    """A record of entries `[index, stream, text]` made from Python's writes."""
+    return msgpack.packb([ENTRY, entries])
+
+
+def held_record(index: int, stream: int, text: str) -> bytes:
+    """The unterminated line of `stream` that is held back now ("": none)."""
+    return msgpack.packb([HELD, index, stream, text])
 
 
 class Journal:
@@ -148,7 +153,7 @@ def collect(pipes: Pipes) -> tuple[list[list[Any]], int]:
             stream, data = record[1], record[2]
             pending[stream] = _split(pending[stream] + data, pipes.separator, stream, entries)
         elif kind == ENTRY:
-            entries.append(record[1:])
+            entries.extend(list(entry) for entry in record[1] if _valid_entry(entry))
         else:  # HELD
             if record[3]:
                 held[record[2]] = record[1:]
@@ -188,12 +193,17 @@ def _records(data: bytes) -> list[list[Any]]:
 
 def _lines(data: bytes) -> int:
     """Lines of output the records in `data` hold (a partial line counts as one)."""
-    return sum(_text_lines(record[-1]) for record in _records(data))
+    return sum(
+        sum(_text_lines(entry[2]) for entry in record[1] if _valid_entry(entry))
+        if record[0] == ENTRY else _text_lines(record[-1])
+        for record in _records(data)
+    )
 
 
 def _text_lines(text: str | bytes) -> int:
-    newline = "\n" if isinstance(text, str) else b"\n"
-    return text.count(newline) + (0 if not text or text.endswith(newline) else 1)
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    return text.count("\n") + (0 if not text or text.endswith("\n") else 1)
 
 
 def _valid(record: Any) -> bool:
@@ -201,8 +211,14 @@ def _valid(record: Any) -> bool:
         return False
     if record[0] == PIPE:
         return len(record) == 3 and record[1] in (1, 2) and isinstance(record[2], bytes)
-    return (record[0] in (ENTRY, HELD) and len(record) == 4 and isinstance(record[1], int)
-            and record[2] in (1, 2) and isinstance(record[3], str))
+    if record[0] == ENTRY:
+        return len(record) == 2 and isinstance(record[1], list)
+    return record[0] == HELD and len(record) == 4 and _valid_entry(record[1:])
+
+
+def _valid_entry(entry: Any) -> bool:
+    return (isinstance(entry, list) and len(entry) == 3 and isinstance(entry[0], int)
+            and entry[1] in (1, 2) and isinstance(entry[2], str))
 
 
 def _drain(fd: int) -> bytes:

@@ -151,14 +151,14 @@ def sent_then_killed(marker: str) -> str:
     pid = os.getpid()
     Path(marker).write_text(str(pid))
     capture = sys.stdout.capture  # type: ignore[attr-defined]
-    print(f"sent before the kill by {pid}", flush=True)
+    print(f"early line, sent, by {pid}", flush=True)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:  # until the link thread sent it: its journal is empty
         with capture._lock:
             if capture.journal._length == 0:
                 break
         time.sleep(0.001)
-    print(f"not sent before the kill by {pid}", flush=True)
+    print(f"late line, unsent, by {pid}", flush=True)
     os.kill(pid, signal.SIGKILL)
     return "unreachable"
 
@@ -168,5 +168,5 @@ def test_output_sent_before_the_crash_is_not_repeated(cluster, capfd, tmp_path: 
     assert remote_parallel_map(sent_then_killed, [str(marker)], spinner=False) == ["retried"]
     pid = marker.read_text()
     out = capfd.readouterr().out
-    assert out.count(f"sent before the kill by {pid}\n") == 1, out
-    assert out.count(f"not sent before the kill by {pid}\n") == 1, out
+    assert out.count(f"early line, sent, by {pid}\n") == 1, out
+    assert out.count(f"late line, unsent, by {pid}\n") == 1, out

@@ -8,7 +8,7 @@ import os
 import pytest
 
 from burla.exec import lastwords
-from burla.exec.lastwords import ENTRY, HELD, Journal, Pipes, entry_record, pipe_record
+from burla.exec.lastwords import Journal, Pipes, entries_record, held_record, pipe_record
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -29,9 +29,9 @@ def collected(pipes: Pipes) -> tuple[list[list[object]], int]:
 def test_entries_pipe_bytes_and_the_held_line_come_back_tagged_by_input() -> None:
     pipes, journal = made()
     sep = pipes.separator
-    journal.append(entry_record(ENTRY, [3, 1, "printed by 3\n"]))
+    journal.append(entries_record([[3, 1, "printed by 3\n"]]))
     journal.append(pipe_record(1, b"fd 1 of 4\n" + sep + b"4\n" + b"fd 1 of 5, "))
-    journal.append(entry_record(HELD, [5, 2, "half a line"]))
+    journal.append(held_record(5, 2, "half a line"))
     os.write(pipes.write_fds[0], b"then left in the pipe\n")
     entries, lost = collected(pipes)
     assert entries == [
@@ -45,17 +45,17 @@ def test_entries_pipe_bytes_and_the_held_line_come_back_tagged_by_input() -> Non
 
 def test_a_held_line_cleared_later_is_not_repeated() -> None:
     pipes, journal = made()
-    journal.append(entry_record(HELD, [1, 1, "progress 10%"]))
-    journal.append(entry_record(ENTRY, [1, 1, "progress 10% done\n"]))
-    journal.append(entry_record(HELD, [-1, 1, ""]))
+    journal.append(held_record(1, 1, "progress 10%"))
+    journal.append(entries_record([[1, 1, "progress 10% done\n"]]))
+    journal.append(held_record(-1, 1, ""))
     assert collected(pipes) == ([[1, 1, "progress 10% done\n"]], 0)
 
 
 def test_reset_keeps_only_what_is_still_held() -> None:
     pipes, journal = made()
-    journal.append(entry_record(ENTRY, [0, 1, "sent already\n"]))
+    journal.append(entries_record([[0, 1, "sent already\n"]]))
     journal.reset([pipe_record(2, b"unterminated")])
-    journal.append(entry_record(ENTRY, [1, 1, "after the send\n"]))
+    journal.append(entries_record([[1, 1, "after the send\n"]]))
     entries, lost = collected(pipes)
     assert sorted(entries) == [[-1, 2, "unterminated"], [1, 1, "after the send\n"]]
     assert lost == 0
@@ -65,7 +65,7 @@ def test_a_full_journal_keeps_the_newest_output_and_counts_the_lines_it_lost() -
     pipes, journal = made()
     line = "x" * 99 + "\n"
     for index in range(2000):  # 200 KB: more than a half holds
-        journal.append(entry_record(ENTRY, [index, 1, line]))
+        journal.append(entries_record([[index, 1, line]]))
     entries, lost = collected(pipes)
     assert entries[-1] == [1999, 1, line]
     kept = [entry[0] for entry in entries]
@@ -76,21 +76,21 @@ def test_a_full_journal_keeps_the_newest_output_and_counts_the_lines_it_lost() -
 
 def test_a_damaged_journal_yields_what_parsed_before_the_damage() -> None:
     pipes, journal = made()
-    journal.append(entry_record(ENTRY, [7, 1, "fine\n"]))
+    journal.append(entries_record([[7, 1, "fine\n"]]))
     journal.append(b"\xc1\xc1 not msgpack")
-    journal.append(entry_record(ENTRY, [8, 1, "after the damage\n"]))
+    journal.append(entries_record([[8, 1, "after the damage\n"]]))
     entries, _ = collected(pipes)
     assert entries == [[7, 1, "fine\n"]]
     pipes2, journal2 = made()
-    journal2.append(entry_record(ENTRY, [1, 1, "x\n"]))
+    journal2.append(entries_record([[1, 1, "x\n"]]))
     os.pwrite(pipes2.journal_fd, b"\xff\xff\xff\x7f", 0)  # a length past the half's end
     assert collected(pipes2)[0] == [[1, 1, "x\n"]]
 
 
 def test_records_of_the_wrong_shape_are_skipped() -> None:
     pipes, journal = made()
-    journal.append(entry_record(ENTRY, [1, 9, "stream 9\n"]))
-    journal.append(entry_record(ENTRY, ["one", 1, "index not a number\n"]))
+    journal.append(entries_record([[1, 9, "stream 9\n"]]))
+    journal.append(entries_record([["one", 1, "index not a number\n"]]))
     journal.append(pipe_record(1, b"kept\n"))
     assert collected(pipes) == ([[-1, 1, "kept\n"]], 0)
 
