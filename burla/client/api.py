@@ -9,6 +9,7 @@ import platform
 import queue
 import sys
 import threading
+import traceback
 import uuid
 from collections.abc import Callable, Generator, Iterable
 from typing import Any
@@ -73,7 +74,7 @@ def remote_parallel_map(
     try:
         return _collect(session, display)
     except BaseException as exc:
-        _cut_burla_frames(exc)
+        _on_the_way_out(exc)
         raise  # a bare raise adds no frame: the traceback goes on from the caller's line
 
 
@@ -96,7 +97,7 @@ def attach(
     try:
         return _collect(session, display)
     except BaseException as exc:
-        _cut_burla_frames(exc)
+        _on_the_way_out(exc)
         raise
 
 
@@ -293,10 +294,35 @@ def _batches(
 
 def _with_remote_traceback(exc: BaseException, index: int) -> BaseException:
     mark_remote(exc, index)
+    if isinstance(exc, SystemExit) and exc.code is None and exc.args:
+        # tblib rebuilds a SystemExit without its __init__, which sets `code` from its args:
+        # without this, sys.exit(3) on the cluster would end the caller with 0.
+        exc.code = exc.args[0] if len(exc.args) == 1 else exc.args
     return exc
 
 
 _BURLA_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+
+
+def _on_the_way_out(exc: BaseException) -> None:
+    """Ready an exception to leave burla for the caller (the status line is gone by now)."""
+    _cut_burla_frames(exc)
+    _say_where_it_exited(exc)
+
+
+def _say_where_it_exited(exc: BaseException) -> None:
+    """A remote sys.exit ends the caller as it would locally, with its code, but Python prints
+    nothing for a SystemExit: say which input raised it, and where, on stderr."""
+    if not isinstance(exc, SystemExit) or not hasattr(exc, "burla_input_index"):
+        return
+    where = ""
+    frames = traceback.extract_tb(exc.__traceback__)
+    remote = [f for f in frames if not f.filename.startswith(_BURLA_DIR)] or frames
+    if remote:
+        last = remote[-1]
+        where = f' in {last.name}, file "{last.filename}", line {last.lineno}'
+    print(f"[burla] failed on input index {exc.burla_input_index}: the call raised "
+          f"SystemExit({exc.code!r}){where}, so this process exits too", file=sys.stderr)
 
 
 def _cut_burla_frames(exc: BaseException) -> None:
@@ -331,7 +357,7 @@ def _stream(session: JobSession, display: Display) -> Generator[Any, None, None]
             for _first, values in _batches(session, display):
                 yield from values
     except BaseException as exc:
-        _cut_burla_frames(exc)
+        _on_the_way_out(exc)
         raise
 
 
