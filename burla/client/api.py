@@ -297,7 +297,8 @@ def _with_remote_traceback(exc: BaseException, index: int) -> BaseException:
     if isinstance(exc, SystemExit) and exc.code is None and exc.args:
         # tblib rebuilds a SystemExit without its __init__, which sets `code` from its args:
         # without this, sys.exit(3) on the cluster would end the caller with 0.
-        exc.code = exc.args[0] if len(exc.args) == 1 else exc.args
+        code: Any = exc.args[0] if len(exc.args) == 1 else exc.args  # as SystemExit's own
+        exc.code = code
     return exc
 
 
