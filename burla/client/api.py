@@ -24,6 +24,7 @@ from burla.client.session import JobSession, JobSpec
 from burla.client.spinner import Display
 from burla.config import MAX_FUNCTION_BYTES, configured_cluster
 from burla.errors import BurlaError, FunctionTooBig, JobCanceled
+from burla.job_ids import job_id_problem
 
 GPU_TYPES = {"A100": "A100_40G", "A100_40G": "A100_40G", "A100_80G": "A100_80G",
              "H100": "H100_80G", "H100_80G": "H100_80G"}
@@ -85,9 +86,9 @@ def attach(
     `remote_parallel_map` would have (the list in input order, or a generator), exceptions
     included. Ctrl-C stops waiting and leaves the job running.
     """
-    if not isinstance(job_id, str) or not job_id:
-        raise ValueError(f"job_id must be the id printed when the job was detached, "
-                         f"got {job_id!r}")
+    problem = job_id_problem(job_id)
+    if problem is not None:  # before any cluster is started or asked
+        raise ValueError(f"job_id {problem}")
     address = configured_cluster(api_key) or local_cluster.ensure_running()
     display = Display(spinner, f"job {job_id}")
     session = JobSession(address, None, None, display.write_logs, CONNECT_TIMEOUT_SECONDS,
