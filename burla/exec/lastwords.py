@@ -29,8 +29,11 @@ HALF_BYTES = 128 * 1024
 _HEADER = struct.Struct("II")  # native: each word one store, never torn by a signal
 JOURNAL_BYTES = _HEADER.size + 2 * HALF_BYTES
 _LIVE_HALF = 1 << 31
-# Most output text passed on with an executor's exit: the last part is kept.
+# Most output passed on with an executor's exit, in UTF-8 and counting ENTRY_OVERHEAD_BYTES
+# for each entry: the newest part is kept. With the crash report it must fit one packet of the
+# zygote's socket (about 208 KiB).
 MAX_LAST_WORDS_BYTES = 64 * 1024
+ENTRY_OVERHEAD_BYTES = 16
 # Most bytes read from a dead executor's pipe (a process that escaped it could write on).
 MAX_LEFTOVER_BYTES = 1 << 20
 # Record kinds: bytes read from a pipe, entries made from Python's writes, and the
@@ -168,13 +171,14 @@ def collect(pipes: Pipes) -> tuple[list[list[Any]], int]:
 
 
 def _read_journal(fd: int) -> tuple[list[list[Any]], int]:
-    data = os.pread(fd, JOURNAL_BYTES, 0)
-    if len(data) < JOURNAL_BYTES:
+    header = os.pread(fd, _HEADER.size, 0)
+    if len(header) < _HEADER.size:
         return [], 0
-    state, lost = _HEADER.unpack_from(data)
+    state, lost = _HEADER.unpack(header)
     half, length = int(bool(state & _LIVE_HALF)), min(state & ~_LIVE_HALF, HALF_BYTES)
-    start = _HEADER.size + half * HALF_BYTES
-    return _records(data[start:start + length]), int(lost)
+    if not length:  # the usual end: everything was sent
+        return [], int(lost)
+    return _records(os.pread(fd, length, _HEADER.size + half * HALF_BYTES)), int(lost)
 
 
 def _records(data: bytes) -> list[list[Any]]:
@@ -255,21 +259,30 @@ def _split(data: bytes, separator: bytes, stream: int, out: list[list[Any]]) -> 
 
 
 def _last(entries: list[list[Any]], lost: int) -> tuple[list[list[Any]], int]:
-    """The newest entries within MAX_LAST_WORDS_BYTES; the lines of the others count as lost."""
+    """The newest entries within MAX_LAST_WORDS_BYTES of UTF-8 (with ENTRY_OVERHEAD_BYTES for
+    each: they travel in one packet), consecutive ones of an input's stream merged; the lines
+    of the others count as lost."""
+    merged: list[list[Any]] = []
+    for index, stream, text in entries:
+        if merged and merged[-1][0] == index and merged[-1][1] == stream:
+            merged[-1][2] += text
+        elif text:
+            merged.append([index, stream, text])
     kept: list[list[Any]] = []
     size = 0
-    for position in range(len(entries) - 1, -1, -1):
-        index, stream, text = entries[position]
-        if size + len(text) > MAX_LAST_WORDS_BYTES:
-            lost += sum(_text_lines(e[2]) for e in entries[:position])
-            room = MAX_LAST_WORDS_BYTES - size
+    for position in range(len(merged) - 1, -1, -1):
+        index, stream, text = merged[position]
+        data = text.encode("utf-8", "replace")
+        if size + ENTRY_OVERHEAD_BYTES + len(data) > MAX_LAST_WORDS_BYTES:
+            lost += sum(_text_lines(e[2]) for e in merged[:position])
+            room = MAX_LAST_WORDS_BYTES - size - ENTRY_OVERHEAD_BYTES
             if room > 0:  # its end is kept; the lines its cut head held are lost
-                kept.append([index, stream, text[-room:]])
-                lost += text[:-room].count("\n")
+                kept.append([index, stream, data[-room:].decode("utf-8", "ignore")])
+                lost += data[:-room].count(b"\n")
             else:
                 lost += _text_lines(text)
             break
         kept.append([index, stream, text])
-        size += len(text)
+        size += ENTRY_OVERHEAD_BYTES + len(data)
     kept.reverse()
     return kept, lost

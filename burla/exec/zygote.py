@@ -49,6 +49,9 @@ MAX_PACKET_BYTES = 1 << 20
 # Most of an executor's crash report (faulthandler's traceback) passed on to the agent, and
 # the pipe it is written into.
 MAX_CRASH_REPORT_BYTES = 32 * 1024
+# Largest `exited` packet: a SOCK_SEQPACKET message must fit the socket's send buffer (about
+# 208 KiB by default), or sending it fails.
+MAX_EXITED_BYTES = 192 * 1024
 CRASH_PIPE_BYTES = 256 * 1024
 _PR_SET_PDEATHSIG = 1
 _PR_SET_NAME = 15
@@ -215,8 +218,12 @@ class Zygote:
                     output, lost = lastwords.collect(pipes)
                 except Exception as e:  # a dead process's leftovers must not stop the zygote
                     output = [[-1, 2, f"[burla] its last output could not be read: {e}\n"]]
-            self.send({"op": "exited", "id": executor_id, "pid": pid, "status": status,
-                       "crash": crash, "output": output, "lost": lost})
+            exited = {"op": "exited", "id": executor_id, "pid": pid, "status": status,
+                      "crash": crash, "output": output, "lost": lost}
+            if len(pack(exited)) > MAX_EXITED_BYTES:  # never: lastwords bounds it; but a
+                exited["output"] = []  # packet this socket cannot take would end the zygote
+                exited["lost"] = lost + sum(str(e[2]).count("\n") or 1 for e in output)
+            self.send(exited)
 
     def stop(self) -> None:
         for pid in list(self.children):

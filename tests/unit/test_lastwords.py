@@ -101,3 +101,19 @@ def test_collect_closes_the_zygotes_fds() -> None:
     for fd in (*pipes.read_fds, pipes.journal_fd):
         with pytest.raises(OSError):
             os.fstat(fd)
+
+
+def test_the_output_fits_one_zygote_packet_however_it_was_written() -> None:
+    from burla.exec.zygote import MAX_CRASH_REPORT_BYTES, MAX_EXITED_BYTES, pack
+
+    pipes, journal = made()
+    journal.append(pipe_record(1, "€".encode() * 40_000))  # 3 bytes a character
+    journal.append(entries_record([[i, 1 + i % 2, "é"] for i in range(20_000)]))
+    os.write(pipes.write_fds[1], "漢".encode() * 20_000)  # left in the pipe
+    entries, lost = collected(pipes)
+    assert entries[-1] == [-1, 2, "漢" * 20_000]  # the newest, whole
+    assert lost > 0
+    worst_crash = "\ufffd" * MAX_CRASH_REPORT_BYTES  # undecodable bytes, 3 bytes each in UTF-8
+    packet = pack({"op": "exited", "id": "x" * 40, "pid": 1, "status": 9, "crash": worst_crash,
+                   "output": entries, "lost": lost})
+    assert len(packet) <= MAX_EXITED_BYTES
