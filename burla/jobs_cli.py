@@ -25,6 +25,17 @@ def _address() -> ClusterAddress:
     return address
 
 
+def _check(job_id: str) -> None:
+    """Exit with status 2, quoting it short, if `job_id` is not a job id (before any cluster
+    is asked)."""
+    from burla.job_ids import job_id_problem
+
+    problem = job_id_problem(job_id)
+    if problem is not None:
+        typer.echo(problem, err=True)
+        raise typer.Exit(2)
+
+
 def _jobs() -> list[dict[str, Any]]:
     from burla.client.admin import cluster_status
 
@@ -53,6 +64,7 @@ def list_jobs() -> None:
 @jobs_app.command("show")
 def show(job_id: str) -> None:
     """Everything the cluster knows about one job."""
+    _check(job_id)
     for job in _jobs():
         if job["job_id"] == job_id:
             for key, value in job.items():
@@ -70,6 +82,7 @@ def logs(job_id: str) -> None:
     from burla.client.admin import request
     from burla.errors import BurlaError
 
+    _check(job_id)
     try:
         reply = request(_address(), protocol.JobLogsRequest(job_id))
     except BurlaError as exc:
@@ -88,6 +101,7 @@ def cancel(job_id: str) -> None:
     from burla import protocol
     from burla.client.admin import request
 
+    _check(job_id)
     reply = request(_address(), protocol.Cancel(job_id, "cancelled with `burla jobs "
                                                               "cancel`"))
     known = isinstance(reply, protocol.JobFailed) and reply.message != "already over"

@@ -54,6 +54,10 @@ class Executor:
     exit_cause: str = ""  # why it ended when no exit status says it
     oom_killed: bool = False
     crash_report: str = ""  # faulthandler's traceback, when a fatal signal ended it
+    # Output it captured and had not sent when it died ([index, stream, text], index -1: the
+    # input it died in), and how many lines of it were lost; read by the zygote.
+    last_words: list[list[object]] = field(default_factory=list)
+    last_words_lost: int = 0
     killed: bool = False  # the agent killed it
     requested_at: float = field(default_factory=time.monotonic)
 
@@ -150,12 +154,14 @@ class ExecutorPool:
             executor.killed = True
         self.forkserver.go(executor_id, not executor.killed)
 
-    def _exited(self, executor_id: str, status: int, crash_report: str) -> None:
+    def _exited(self, executor_id: str, status: int, crash_report: str,
+                last_words: list[list[object]], lost: int) -> None:
         executor = self.executors.get(executor_id)
         if executor is None:
             return
         executor.exit_status = os.waitstatus_to_exitcode(status)
         executor.crash_report = crash_report
+        executor.last_words, executor.last_words_lost = last_words, lost
         if executor.exit_status == -signal.SIGKILL and not executor.killed:
             try:
                 executor.oom_killed = executor.cgroup.oom_kills() > 0

@@ -27,7 +27,9 @@ SEND_TIMEOUT_S = 5.0
 STOP_TIMEOUT_S = 5.0
 
 OnForked = Callable[[str, int], None]
-OnExited = Callable[[str, int, str], None]  # executor id, raw wait status, crash report
+# Executor id, raw wait status, crash report, last words (entries [index, stream, text], index
+# -1 for the input it died in) and how many lines of them were lost.
+OnExited = Callable[[str, int, str, list[list[Any]], int], None]
 OnFailed = Callable[[str, str], None]
 
 
@@ -111,7 +113,8 @@ class ForkServer:
         if op == "forked":
             self.on_forked(str(msg["id"]), int(msg["pid"]))
         elif op == "exited":
-            self.on_exited(str(msg["id"]), int(msg["status"]), str(msg.get("crash", "")))
+            self.on_exited(str(msg["id"]), int(msg["status"]), str(msg.get("crash", "")),
+                           _entries(msg.get("output")), int(msg.get("lost", 0)))
         elif op == "fork_failed":
             self.on_failed(str(msg["id"]), str(msg["error"]))
         elif op == "ready":
@@ -151,3 +154,13 @@ class ForkServer:
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def _entries(output: Any) -> list[list[Any]]:
+    """The well-formed entries of an `exited` message's output (the zygote's, but made from
+    what a dead executor left)."""
+    if not isinstance(output, list):
+        return []
+    return [list(e) for e in output
+            if isinstance(e, list) and len(e) == 3 and isinstance(e[0], int)
+            and e[1] in (1, 2) and isinstance(e[2], str)]

@@ -447,6 +447,11 @@ class Agent:
         done = executor.reported
         culprit = blame(chunk, done, blamed)
         index, certain = culprit.index, culprit.certain
+        if executor.last_words or executor.last_words_lost:  # what it printed before it died
+            running = index if certain else -1  # not surely this input's: said as the job's
+            self.send_up(protocol.Logs.pack(job.job_id, [
+                [running if i == -1 else i, s, t] for i, s, t in executor.last_words
+            ], executor.last_words_lost))
         if executor.crash_report:  # where in the user's code it crashed, as that call's stderr
             entry = [index, 2, executor.crash_report]
             if not certain:  # not surely this input's: said as the job's, naming the candidates

@@ -9,6 +9,7 @@ import platform
 import queue
 import sys
 import threading
+import traceback
 import uuid
 from collections.abc import Callable, Generator, Iterable
 from typing import Any
@@ -23,6 +24,7 @@ from burla.client.session import JobSession, JobSpec
 from burla.client.spinner import Display
 from burla.config import MAX_FUNCTION_BYTES, configured_cluster
 from burla.errors import BurlaError, FunctionTooBig, JobCanceled
+from burla.job_ids import job_id_problem
 
 GPU_TYPES = {"A100": "A100_40G", "A100_40G": "A100_40G", "A100_80G": "A100_80G",
              "H100": "H100_80G", "H100_80G": "H100_80G"}
@@ -73,7 +75,7 @@ def remote_parallel_map(
     try:
         return _collect(session, display)
     except BaseException as exc:
-        _cut_burla_frames(exc)
+        _on_the_way_out(exc)
         raise  # a bare raise adds no frame: the traceback goes on from the caller's line
 
 
@@ -84,9 +86,9 @@ def attach(
     `remote_parallel_map` would have (the list in input order, or a generator), exceptions
     included. Ctrl-C stops waiting and leaves the job running.
     """
-    if not isinstance(job_id, str) or not job_id:
-        raise ValueError(f"job_id must be the id printed when the job was detached, "
-                         f"got {job_id!r}")
+    problem = job_id_problem(job_id)
+    if problem is not None:  # before any cluster is started or asked
+        raise ValueError(f"job_id {problem}")
     address = configured_cluster(api_key) or local_cluster.ensure_running()
     display = Display(spinner, f"job {job_id}")
     session = JobSession(address, None, None, display.write_logs, CONNECT_TIMEOUT_SECONDS,
@@ -96,7 +98,7 @@ def attach(
     try:
         return _collect(session, display)
     except BaseException as exc:
-        _cut_burla_frames(exc)
+        _on_the_way_out(exc)
         raise
 
 
@@ -293,10 +295,36 @@ def _batches(
 
 def _with_remote_traceback(exc: BaseException, index: int) -> BaseException:
     mark_remote(exc, index)
+    if isinstance(exc, SystemExit) and exc.code is None and exc.args:
+        # tblib rebuilds a SystemExit without its __init__, which sets `code` from its args:
+        # without this, sys.exit(3) on the cluster would end the caller with 0.
+        code: Any = exc.args[0] if len(exc.args) == 1 else exc.args  # as SystemExit's own
+        exc.code = code
     return exc
 
 
 _BURLA_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+
+
+def _on_the_way_out(exc: BaseException) -> None:
+    """Ready an exception to leave burla for the caller (the status line is gone by now)."""
+    _cut_burla_frames(exc)
+    _say_where_it_exited(exc)
+
+
+def _say_where_it_exited(exc: BaseException) -> None:
+    """A remote sys.exit ends the caller as it would locally, with its code, but Python prints
+    nothing for a SystemExit: say which input raised it, and where, on stderr."""
+    if not isinstance(exc, SystemExit) or not hasattr(exc, "burla_input_index"):
+        return
+    where = ""
+    frames = traceback.extract_tb(exc.__traceback__)
+    remote = [f for f in frames if not f.filename.startswith(_BURLA_DIR)] or frames
+    if remote:
+        last = remote[-1]
+        where = f' in {last.name}, file "{last.filename}", line {last.lineno}'
+    print(f"[burla] failed on input index {exc.burla_input_index}: the call raised "
+          f"SystemExit({exc.code!r}){where}, so this process exits too", file=sys.stderr)
 
 
 def _cut_burla_frames(exc: BaseException) -> None:
@@ -331,7 +359,7 @@ def _stream(session: JobSession, display: Display) -> Generator[Any, None, None]
             for _first, values in _batches(session, display):
                 yield from values
     except BaseException as exc:
-        _cut_burla_frames(exc)
+        _on_the_way_out(exc)
         raise
 
 

@@ -25,6 +25,7 @@ from burla.config import CLIENT_FORGET_SECONDS, PING_INTERVAL_SECONDS
 from burla.coordinator.config import CoordinatorConfig
 from burla.coordinator.jobstore import JobStore
 from burla.coordinator.scheduler import Out, Scheduler
+from burla.job_ids import job_id_problem
 
 log = structlog.get_logger("burla.coordinator")
 
@@ -124,6 +125,10 @@ class Coordinator:
                 self.channel.send(protocol.Refuse("unknown_peer", "send Hello first", ""), peer)
             return
         self.client_seen[peer] = now
+        problem = _job_id_problem(msg)
+        if problem is not None:  # refused here, so no handler stores or echoes it
+            self.channel.send(protocol.Refuse("unknown_job", problem, ""), peer)
+            return
         client_handler = self.client_handlers.get(type(msg))
         if client_handler is not None:
             self.send_all(client_handler(self, peer, owner, msg))
@@ -260,6 +265,17 @@ class Coordinator:
             self.store.add_logs(job.job_id, msg.count, msg.data)
         return [(job.client, msg)] if job.client else []
 
+
+
+def _job_id_problem(msg: protocol.Message) -> str | None:
+    """Why a client's message names no valid job id (its own, or its parent's), if it does not;
+    messages without one pass."""
+    job_id = getattr(msg, "job_id", None)
+    problem = None if job_id is None else job_id_problem(job_id)
+    parent = getattr(msg, "parent_job", None)
+    if problem is None and parent is not None:
+        problem = job_id_problem(parent)
+    return problem
 
 
 def default_owner() -> str:

@@ -7,7 +7,10 @@ a writer shows up (`exact`), Python's writes go through the pipes as well, in or
 and the runner marks the end of every input that printed with a separator written into the
 pipes. Either way the reader yields `[index, stream, text]` entries, one per block of complete
 lines; a line left unterminated for a while (a progress bar, `print(..., end="")`) goes as it
-stands when asked (`take_partial`). This module never sends anything and never runs user code.
+stands when asked (`take_partial`). With a journal (`lastwords`), every entry the link thread
+takes is recorded there until it is sent, so output survives a SIGKILL or a segfault; so does
+Python's text once flushed (`print(..., flush=True)`, `sys.stdout.flush()`). This module never
+sends anything and never runs user code.
 """
 
 from __future__ import annotations
@@ -20,6 +23,9 @@ import sys
 import termios
 import threading
 import time
+
+from burla.exec import lastwords
+from burla.exec.lastwords import Journal, Pipes, entries_record, held_record, pipe_record
 
 # Largest single log entry (a block of lines); a longer line is cut into pieces of this size.
 MAX_ENTRY_BYTES = 16 * 1024
@@ -109,6 +115,13 @@ class _Stream(io.TextIOWrapper):
         self.capture.python_wrote = True
         return super().write(text)
 
+    def flush(self) -> None:
+        """Hand what Python wrote to the link thread now (and record it in the journal), or,
+        once writes go through the pipes, into them: flushed text outlives a crash."""
+        if not self.capture.exact:
+            self.capture.flush_texts()
+        super().flush()
+
 
 class Capture:
     """Owns fds 1 and 2 of the executor. The runner calls `end` after each input that printed.
@@ -121,8 +134,11 @@ class Capture:
     fd-level writers have shown up (`exact`), keeping silent inputs free.
     """
 
-    def __init__(self) -> None:
-        self.separator = b"\0burla-" + os.urandom(6).hex().encode() + b":"
+    def __init__(self, pipes: Pipes | None = None) -> None:
+        """`pipes`: fds 1 and 2 and the journal, made by the zygote (which reads them after a
+        crash); None makes plain pipes, whose unsent output dies with the process."""
+        self.separator = pipes.separator if pipes else lastwords.new_separator()
+        self.journal = Journal(pipes.journal_fd) if pipes else None
         self._lock = threading.Lock()  # the pipes' parsers, and `texts` against `finished`
         self.dirty = False  # the reader saw output no separator has claimed yet
         self.python_wrote = False  # Python wrote into the pipes (only once `exact`)
@@ -131,12 +147,18 @@ class Capture:
         # Python's writes not yet made entries: appended by any thread, stream 1 then 2.
         self.texts: tuple[list[str], list[str]] = ([], [])
         self.finished: list[list[object]] = []  # entries of ended inputs, for the link thread
+        self._journaled = 0  # how many of `finished` are in the journal (flushed ones)
         # Per stream, the input whose unterminated line waits in `texts`, and since when.
         self._open: list[tuple[int, float] | None] = [None, None]
+        # Per stream, the unterminated line take_texts put back in `texts` (journaled).
+        self._held: list[tuple[int, str] | None] = [None, None]
         self.read_fds: list[int] = []
         self._parsers: dict[int, _StreamParser] = {}
         for stream in (1, 2):
-            read_fd, write_fd = os.pipe()
+            if pipes:
+                read_fd, write_fd = pipes.read_fds[stream - 1], pipes.write_fds[stream - 1]
+            else:
+                read_fd, write_fd = os.pipe()
             os.dup2(write_fd, stream)
             os.close(write_fd)
             os.set_blocking(read_fd, False)
@@ -168,9 +190,7 @@ class Capture:
         """Close input `index`'s output, if it printed anything (the runner calls this)."""
         if self.texts[0] or self.texts[1]:
             with self._lock:
-                for stream, texts in enumerate(self.texts, 1):
-                    if texts:
-                        _add_entries(index, stream, _take_text(texts, len(texts)), self.finished)
+                self._finish_texts(index)
         if not self.exact:  # (`dirty` implies `exact`: the reader switched to the pipes)
             return  # the common case: no output through the pipes, no syscall
         if self.python_wrote:
@@ -192,6 +212,49 @@ class Capture:
             os.write(1, mark)
             os.write(2, mark)
 
+    def _finish_texts(self, index: int) -> None:
+        """Make all of Python's writes entries of `index` in `finished` (with `_lock` held).
+        The link thread records them in the journal as it takes them (within milliseconds),
+        not here: that would cost every input that prints."""
+        for stream, texts in enumerate(self.texts, 1):
+            if texts:
+                _add_entries(index, stream, _take_text(texts, len(texts)), self.finished)
+            self._open[stream - 1] = None
+
+    def flush_texts(self) -> None:
+        """Python's writes so far go to the link thread, unterminated lines too, and into the
+        journal at once (a flush: they outlive a crash from now on)."""
+        if self.texts[0] or self.texts[1]:
+            with self._lock:
+                self._finish_texts(self.running_index)
+                if self.journal is not None:
+                    self.journal.append(entries_record(self.finished[self._journaled:]))
+                    self._journaled = len(self.finished)
+                    self._hold(0, None)  # the held lines' text is in those entries
+                    self._hold(1, None)
+
+    def _hold(self, position: int, held: tuple[int, str] | None) -> None:
+        """Record the unterminated line take_texts holds back for a stream (None: none)."""
+        if self.journal is not None and held != self._held[position]:
+            index, text = held or (-1, "")
+            self.journal.append(held_record(index, position + 1, text))
+        self._held[position] = held
+
+    def shipped(self) -> None:
+        """The link thread handed every entry it took to ZeroMQ: the journal keeps only what
+        is still held here (unterminated lines, entries of ended inputs not yet taken)."""
+        if self.journal is None:
+            return
+        with self._lock:
+            records = [pipe_record(p.stream, p.buffer) for p in self._parsers.values()
+                       if p.buffer]
+            if self.finished:
+                records.append(entries_record(self.finished))
+            self._journaled = len(self.finished)
+            records += [held_record(held[0], position + 1, held[1])
+                        for position, held in enumerate(self._held) if held]
+            self.journal.reset(records)
+
     def take_texts(self, out: list[list[object]], opened_before: float = -1.0) -> None:
         """Append entries of ended inputs, and the complete lines of the running one, to `out`
         (the link thread calls this). The line it is writing waits for its end, unless it
@@ -199,8 +262,11 @@ class Capture:
         if not (self.finished or self.texts[0] or self.texts[1]):
             return
         with self._lock:
+            taken = self.finished[self._journaled:]  # not in the journal yet
             out.extend(self.finished)
             self.finished.clear()
+            self._journaled = 0
+            helds: list[tuple[int, str] | None] = [None, None]
             for position, texts in enumerate(self.texts):
                 count = len(texts)
                 if not count:
@@ -208,7 +274,7 @@ class Capture:
                 # Read after `count`: those writes are the running input's, because `end` of
                 # that input needs the lock we hold to take them.
                 index = self.running_index
-                text = _take_text(texts, count)
+                text = _take_text(texts, count)  # a line held back before comes first
                 cut = text.rfind("\n") + 1
                 if cut == len(text):
                     self._open[position] = None
@@ -220,8 +286,16 @@ class Capture:
                         self._open[position] = (index, time.monotonic())  # its rest waits
                     elif len(text) - cut < MAX_ENTRY_BYTES:
                         texts.insert(0, text[cut:])  # the line being written waits for its end
+                        helds[position] = (index, text[cut:])
                         text = text[:cut]
+                start = len(out)
                 _add_entries(index, position + 1, text, out)
+                taken += out[start:]
+            if self.journal is not None:
+                if taken:
+                    self.journal.append(entries_record(taken))
+                self._hold(0, helds[0])  # after the entries that hold any line held before
+                self._hold(1, helds[1])
 
     def take_partial(self, opened_before: float, out: list[list[object]]) -> None:
         """Append everything captured, and the lines the running call began before
@@ -258,7 +332,11 @@ class Capture:
                 chunks.append(data)
             if not chunks:
                 return
-            if self._parsers[fd].feed(b"".join(chunks), self.running_index, out):
+            data = b"".join(chunks)
+            parser = self._parsers[fd]
+            if self.journal is not None:  # before parsing: a crash may come at any moment
+                self.journal.append(pipe_record(parser.stream, data))
+            if parser.feed(data, self.running_index, out):
                 self.dirty = True
                 if not self.python_wrote:  # nobody in Python wrote it: C code or a subprocess
                     self.use_pipes()

@@ -165,6 +165,8 @@ class AgentLink:
             self._agent.send_multipart(frames, copy=False)
 
     def _flush_logs(self) -> None:
+        if not (self._entries or self.dropped_lines):
+            return
         while self._entries or self.dropped_lines:
             batch, self._entries = _split_batch(self._entries)
             dropped, self.dropped_lines = self.dropped_lines, 0
@@ -174,6 +176,7 @@ class AgentLink:
                 # The agent is not reading; losing lines beats blocking user code. Counted.
                 self.dropped_lines += len(batch) + dropped
                 return
+        self.capture.shipped()  # what the journal kept for a crash has left
 
 
 def _split_batch(entries: list[list[object]]) -> tuple[list[list[object]], list[list[object]]]:

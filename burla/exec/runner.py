@@ -30,6 +30,7 @@ from burla.exec import leftovers
 from burla.exec.batches import pack
 from burla.exec.capture import Capture
 from burla.exec.fingerprint import Fingerprint
+from burla.exec.lastwords import Pipes
 from burla.exec.link import AgentLink
 from burla.exec.portable import portable_exception
 
@@ -259,13 +260,14 @@ def die_with_parent() -> None:
 
 
 def main(endpoint: str, executor_id: str, parent: int | None = None,
-         crash_fd: int | None = None) -> None:
+         crash_fd: int | None = None, pipes: Pipes | None = None) -> None:
     """Run an executor until the agent says Shutdown (or goes away).
 
     `parent` is the pid that must still be our parent once the death signal is armed (the
     zygote, or 1 inside a sandbox's pid namespace); None means the parent we started under.
     `crash_fd` is where the Python traceback of a fatal signal (a segfault) goes: a pipe the
-    zygote reads once we are dead, so the user sees where the call crashed.
+    zygote reads once we are dead, so the user sees where the call crashed. `pipes` are the
+    capture pipes and journal the zygote made, and reads after a crash (`lastwords`).
     """
     expected = os.getppid() if parent is None else parent
     die_with_parent()
@@ -275,7 +277,7 @@ def main(endpoint: str, executor_id: str, parent: int | None = None,
         faulthandler.enable(file=crash_fd, all_threads=False)  # the crashing thread: small
     pickling_support.install()
     leftovers.become_subreaper()  # a daemon a call starts stays ours, to be killed at job end
-    capture = Capture()
+    capture = Capture(pipes)
     link = AgentLink(endpoint, executor_id, capture)
     link.start()
     flush_output_on_exit(link)

@@ -13,8 +13,11 @@ The agent talks to it over one SOCK_SEQPACKET socket, one msgpack map per packet
                       {"op": "quit"}
     zygote -> agent   {"op": "ready", "pid"}
                       {"op": "forked", "id", "pid"}
-                      {"op": "exited", "id", "pid", "status", "crash"}   raw wait status, and
-                                    what faulthandler wrote if it died of a fatal signal
+                      {"op": "exited", "id", "pid", "status", "crash", "output", "lost"}
+                                    raw wait status, what faulthandler wrote if it died of a
+                                    fatal signal, and its last words: output it captured and
+                                    had not sent ([index, stream, text], index -1: the input
+                                    it died in; `lastwords`), and how many lines were lost
                       {"op": "fork_failed", "id", "error"}
 """
 
@@ -35,6 +38,9 @@ from typing import Any, NoReturn
 
 import msgpack
 
+from burla.exec import lastwords
+from burla.exec.lastwords import Pipes
+
 # A child's exit status when it failed before running the executor (the sandbox's reapers
 # and `docker run` use the same).
 SETUP_FAILED_EXIT = 125
@@ -43,6 +49,9 @@ MAX_PACKET_BYTES = 1 << 20
 # Most of an executor's crash report (faulthandler's traceback) passed on to the agent, and
 # the pipe it is written into.
 MAX_CRASH_REPORT_BYTES = 32 * 1024
+# Largest `exited` packet: a SOCK_SEQPACKET message must fit the socket's send buffer (about
+# 208 KiB by default), or sending it fails.
+MAX_EXITED_BYTES = 192 * 1024
 CRASH_PIPE_BYTES = 256 * 1024
 _PR_SET_PDEATHSIG = 1
 _PR_SET_NAME = 15
@@ -93,6 +102,7 @@ class Zygote:
         self.children: dict[int, str] = {}  # pid -> executor id
         self.go_fds: dict[str, int] = {}  # executor id -> write end of its go pipe
         self.crash_fds: dict[int, int] = {}  # pid -> read end of its crash report pipe
+        self.outputs: dict[int, Pipes] = {}  # pid -> its fds 1 and 2 and journal, read at death
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_r, False)
         os.set_blocking(self.wake_w, False)
@@ -143,21 +153,31 @@ class Zygote:
         go_r, go_w = os.pipe()
         crash_r, crash_w = crash_pipe()
         try:
-            pid = os.fork()
+            pipes = Pipes.make()
         except OSError as e:
             for fd in (go_r, go_w, crash_r, crash_w):
                 os.close(fd)
             self.send({"op": "fork_failed", "id": executor_id, "error": str(e)})
             return
+        try:
+            pid = os.fork()
+        except OSError as e:
+            for fd in (go_r, go_w, crash_r, crash_w):
+                os.close(fd)
+            pipes.close(pipes.fds())
+            self.send({"op": "fork_failed", "id": executor_id, "error": str(e)})
+            return
         if pid == 0:
             os.close(go_w)
             os.close(crash_r)
-            _child(msg, go_r, crash_w, self.sock.detach())
+            _child(msg, go_r, crash_w, pipes, self.sock.detach())
         os.close(go_r)
         os.close(crash_w)
+        pipes.close(pipes.write_fds)  # the read ends stay: read once the child is reaped
         self.children[pid] = executor_id
         self.go_fds[executor_id] = go_w
         self.crash_fds[pid] = crash_r
+        self.outputs[pid] = pipes
         self.send({"op": "forked", "id": executor_id, "pid": pid})
 
     def go(self, executor_id: str, ok: bool) -> None:
@@ -190,8 +210,20 @@ class Zygote:
             if fd is not None:
                 os.close(fd)
             crash = _read_crash_report(self.crash_fds.pop(pid, -1))
-            self.send({"op": "exited", "id": executor_id, "pid": pid, "status": status,
-                       "crash": crash})
+            output: list[list[Any]] = []
+            lost = 0
+            pipes = self.outputs.pop(pid, None)
+            if pipes is not None:  # dead and reaped: its pipes are ours to read now
+                try:
+                    output, lost = lastwords.collect(pipes)
+                except Exception as e:  # a dead process's leftovers must not stop the zygote
+                    output = [[-1, 2, f"[burla] its last output could not be read: {e}\n"]]
+            exited = {"op": "exited", "id": executor_id, "pid": pid, "status": status,
+                      "crash": crash, "output": output, "lost": lost}
+            if len(pack(exited)) > MAX_EXITED_BYTES:  # never: lastwords bounds it; but a
+                exited["output"] = []  # packet this socket cannot take would end the zygote
+                exited["lost"] = lost + sum(str(e[2]).count("\n") or 1 for e in output)
+            self.send(exited)
 
     def stop(self) -> None:
         for pid in list(self.children):
@@ -249,7 +281,18 @@ def without_runtime_frames(report: str) -> str:
     return "".join(kept)
 
 
-def _child(msg: dict[str, Any], go_r: int, crash_w: int, control_fd: int) -> NoReturn:
+def _close_fds_except(keep: list[int]) -> None:
+    """Close every fd from 3 up but those in `keep`: nothing of the zygote's, nor of another
+    executor's, reaches the child."""
+    low = 3
+    for fd in sorted(keep):
+        os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, os.sysconf("SC_OPEN_MAX"))
+
+
+def _child(msg: dict[str, Any], go_r: int, crash_w: int, pipes: Pipes,
+           control_fd: int) -> NoReturn:
     """In the fork: wait to be placed in the cgroup, then (sandbox and) run the executor."""
     code = SETUP_FAILED_EXIT
     try:
@@ -263,10 +306,8 @@ def _child(msg: dict[str, Any], go_r: int, crash_w: int, control_fd: int) -> NoR
             os._exit(code)
         set_process_name(b"burla-exec")
         os.close(control_fd)
-        low, high = sorted((go_r, crash_w))
-        os.closerange(3, low)
-        os.closerange(low + 1, high)
-        os.closerange(high + 1, os.sysconf("SC_OPEN_MAX"))
+        _close_fds_except([go_r, crash_w, *pipes.fds()])
+        resource.setrlimit(resource.RLIMIT_NOFILE, _EXECUTOR_NOFILE)
         if os.read(go_r, 1) != b"1":  # the agent could not place us in our cgroup
             os._exit(code)
         os.close(go_r)
@@ -286,7 +327,8 @@ def _child(msg: dict[str, Any], go_r: int, crash_w: int, control_fd: int) -> NoR
         from burla.exec.runner import main
 
         code = 1
-        main(str(msg["endpoint"]), str(msg["id"]), parent=parent, crash_fd=crash_w)
+        main(str(msg["endpoint"]), str(msg["id"]), parent=parent, crash_fd=crash_w,
+             pipes=pipes)
         code = 0
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
@@ -299,6 +341,20 @@ def _child(msg: dict[str, Any], go_r: int, crash_w: int, control_fd: int) -> NoR
             except Exception:
                 pass
         os._exit(code)
+
+
+# The open-files limit the zygote started with, given back to each executor.
+_EXECUTOR_NOFILE = resource.getrlimit(resource.RLIMIT_NOFILE)
+
+
+def _raise_fd_limit() -> None:
+    """The zygote holds four fds per live executor (its output pipes, journal and crash
+    report): a node with hundreds of CPUs would pass the usual soft limit of 1024."""
+    soft, hard = _EXECUTOR_NOFILE
+    wanted = 1 << 16 if hard == resource.RLIM_INFINITY else min(hard, 1 << 16)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
 
 
 def sandbox_spec(fields: dict[str, Any]) -> Any:
@@ -319,6 +375,7 @@ def serve(control_fd: int) -> None:
     """
     agent = os.getppid()
     set_death_signal(signal.SIGTERM)
+    _raise_fd_limit()
     _preimport()
     zygote = Zygote(socket.socket(fileno=control_fd))
     agent_gone = True

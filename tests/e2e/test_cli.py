@@ -214,3 +214,12 @@ def test_a_crashed_embedded_cluster_is_started_again_and_the_job_finishes(home):
     assert client.returncode == 0, out
     assert "results: [0, 1, 2, 3]" in out
     assert record(home)["coordinator_pid"] != crashed["coordinator_pid"]
+
+
+def test_jobs_commands_refuse_a_bad_job_id_quoting_it_short(home):
+    for command in ("show", "logs", "cancel"):
+        done = burla("jobs", command, "x" * 100_000, env=home)
+        assert done.returncode == 2, done
+        assert "is not a burla job id" in done.stderr and "(100000 characters)" in done.stderr
+        assert len(done.stdout + done.stderr) < 200, done.stderr
+    assert burla("local", "status", env=home).returncode == 1  # no cluster was started

@@ -7,11 +7,12 @@ import os
 import re
 import subprocess
 import sys
+import uuid
 
 import pytest
 
 import burla
-from burla import remote_parallel_map
+from burla import protocol, remote_parallel_map
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -50,8 +51,37 @@ def test_attach_to_a_collected_job_says_so_and_when(cluster, capsys):
 
 
 def test_attach_to_an_unknown_id_says_there_is_no_such_job(cluster):
-    with pytest.raises(burla.JobNotFound, match="no job 'not-a-job' of yours"):
-        burla.attach("not-a-job", spinner=False)
+    unknown = uuid.uuid4().hex
+    with pytest.raises(burla.JobNotFound, match=f"no job '{unknown}' of yours"):
+        burla.attach(unknown, spinner=False)
+
+
+@pytest.mark.parametrize("bad", ["x" * 100_000, "not-a-job", "", 123, None])
+def test_attach_refuses_what_is_not_a_job_id_quoting_it_short(bad, monkeypatch):
+    # No cluster is asked: one that would be cannot be reached.
+    monkeypatch.setenv("BURLA_CLUSTER", "tcp://127.0.0.1:9")
+    with pytest.raises(ValueError, match="is not a burla job id") as caught:
+        burla.attach(bad, spinner=False)
+    message = str(caught.value)
+    assert len(message) < 200, message
+    if bad == "x" * 100_000:
+        assert "'xxxx" in message and "(100000 characters)" in message, message
+
+
+@pytest.mark.parametrize("make", [
+    lambda job_id: protocol.Attach(job_id),
+    lambda job_id: protocol.Cancel(job_id, "why"),
+    lambda job_id: protocol.JobLogsRequest(job_id),
+    lambda job_id: protocol.InputsDone(job_id, 1),
+], ids=["attach", "cancel", "logs", "inputs_done"])
+def test_the_coordinator_refuses_a_huge_job_id_without_echoing_it(cluster, make):
+    from burla.client.admin import cluster_address, request
+
+    address = cluster_address()
+    assert address is not None
+    with pytest.raises(burla.JobNotFound, match="is not a burla job id") as caught:
+        request(address, make("j" * 100_000))
+    assert len(str(caught.value)) < 200, str(caught.value)
 
 
 def test_the_coordinator_remembers_collected_jobs_across_a_restart(make_cluster, capsys):

@@ -177,3 +177,28 @@ def test_an_exception_class_of_a_main_script_is_caught_by_its_type(cluster, tmp_
                           env={**os.environ, **cluster.env()}, timeout=50)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "caught CodedError 7"
+
+
+@pytest.mark.parametrize("generator", [False, True])
+def test_a_remote_sys_exit_ends_the_caller_with_its_code_and_says_which_input(
+    cluster, tmp_path: Path, generator: bool
+):
+    script = tmp_path / "script.py"
+    script.write_text(textwrap.dedent(f"""
+        import sys
+        from burla import remote_parallel_map
+
+        def leave(x):
+            sys.exit(3)
+
+        results = remote_parallel_map(leave, [0], generator={generator}, spinner=False)
+        list(results)
+        print("not reached")
+    """))
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          env={**os.environ, **cluster.env()}, timeout=50)
+    assert done.returncode == 3, done.stderr
+    assert "not reached" not in done.stdout
+    assert "[burla] failed on input index 0: the call raised SystemExit(3) in leave" \
+        in done.stderr, done.stderr
+    assert f'file "{script}", line 6' in done.stderr, done.stderr

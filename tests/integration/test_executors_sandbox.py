@@ -175,3 +175,18 @@ def test_crash_in_the_sandbox_reports_the_executor_signal(
 ) -> None:
     with pytest.raises(burla.NodeDisconnected, match="signal SIGSEGV"):
         remote_parallel_map(segfault, [1], spinner=False)
+
+
+def speak_then_segfault(x: int) -> None:
+    os.write(1, f"last words of {x} from fd 1\n".encode())
+    print(f"flushed last words of {x}", flush=True)
+    ctypes.string_at(0)
+
+
+def test_what_a_sandboxed_call_printed_before_it_crashed_arrives(
+    sandboxed: tuple[Cluster, Path], capfd: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(burla.NodeDisconnected, match="signal SIGSEGV"):
+        remote_parallel_map(speak_then_segfault, [4], spinner=False)
+    out = capfd.readouterr().out
+    assert "last words of 4 from fd 1\n" in out and "flushed last words of 4\n" in out, out

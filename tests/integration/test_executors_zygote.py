@@ -97,8 +97,46 @@ def test_zygote_forks_on_request_and_reports_each_exit_status(zygote) -> None:
     os.kill(pid, signal.SIGKILL)
     exited = receive(sock)
     assert exited == {"op": "exited", "id": "killed", "pid": pid, "status": exited["status"],
-                      "crash": ""}  # SIGKILL: no fatal-signal handler ran, nothing to report
+                      "crash": "", "output": [], "lost": 0}  # SIGKILL: no handler ran, and
+    # it printed nothing: no crash report, no last words
     assert os.waitstatus_to_exitcode(exited["status"]) == -signal.SIGKILL
     assert not psutil.pid_exists(pid)
     sock.send(pack({"op": "quit"}))
     assert process.wait(timeout=10) == 0
+
+
+def _soft_nofile(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+        if line.startswith("Max open files"):
+            return int(line.split()[3])
+    raise AssertionError(f"no open-files limit in /proc/{pid}/limits")
+
+
+def test_zygote_raises_its_open_files_limit_and_executors_keep_the_original() -> None:
+    import resource
+
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    soft = min(hard, 256)
+    if soft >= min(hard, 1 << 16):
+        pytest.skip("the hard open-files limit leaves no room to raise")
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "burla.exec", "--zygote", "--control-fd", str(theirs.fileno())],
+        pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard)),
+    )
+    theirs.close()
+    try:
+        assert receive(ours)["op"] == "ready"
+        assert _soft_nofile(process.pid) == min(hard, 1 << 16)  # four fds per executor
+        ours.send(pack({"op": "fork", "id": "x", "endpoint": "ipc://@burla-test-nobody-listens",
+                        "env": {}, "sandbox": None}))
+        pid = receive(ours)["pid"]
+        ours.send(pack({"op": "go", "id": "x", "ok": True}))
+        deadline = time.monotonic() + REPLY_TIMEOUT  # it sets its limit before it goes
+        while _soft_nofile(pid) != soft:
+            assert time.monotonic() < deadline, f"executor's limit {_soft_nofile(pid)}"
+            time.sleep(0.01)
+    finally:
+        ours.close()
+        process.wait(timeout=10)
