@@ -168,5 +168,7 @@ def test_output_sent_before_the_crash_is_not_repeated(cluster, capfd, tmp_path: 
     assert remote_parallel_map(sent_then_killed, [str(marker)], spinner=False) == ["retried"]
     pid = marker.read_text()
     out = capfd.readouterr().out
-    assert out.count(f"early line, sent, by {pid}\n") == 1, out
+    # Sent means handed to ZeroMQ: a SIGKILL before its I/O thread wrote it can still lose it
+    # (docs/architecture.md, "Output"), but never make it arrive twice.
+    assert out.count(f"early line, sent, by {pid}\n") <= 1, out
     assert out.count(f"late line, unsent, by {pid}\n") == 1, out
