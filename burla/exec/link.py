@@ -180,10 +180,23 @@ class AgentLink:
 
 
 def _split_batch(entries: list[list[object]]) -> tuple[list[list[object]], list[list[object]]]:
-    """The longest prefix of `entries` under LOG_BATCH_BYTES (at least one entry), and the rest."""
+    """The longest prefix of `entries` under LOG_BATCH_BYTES (at least one entry), and the rest.
+
+    An entry longer than that on its own (one huge print) is first cut into pieces of that
+    size, each with its index and stream, so that no message outgrows MAXMSGSIZE (ZeroMQ would
+    drop it, and the call would hang); the text reads the same at the other end."""
     size = 0
     for position, entry in enumerate(entries):
-        size += len(str(entry[2]))
+        text = str(entry[2])
+        if len(text) > LOG_BATCH_BYTES:
+            pieces: list[list[object]] = [
+                [entry[0], entry[1], text[start:start + LOG_BATCH_BYTES]]
+                for start in range(0, len(text), LOG_BATCH_BYTES)
+            ]
+            if position:
+                return entries[:position], pieces + entries[position + 1:]
+            return pieces[:1], pieces[1:] + entries[1:]
+        size += len(text)
         if size >= LOG_BATCH_BYTES:
             return entries[: position + 1], entries[position + 1 :]
     return entries, []

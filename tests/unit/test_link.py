@@ -72,3 +72,19 @@ def test_a_line_without_its_newline_is_sent_while_the_call_still_runs(tmp_path: 
         (7, 1), (7, 1), (7, 2)]
     assert "".join(text for _, _, text in report["received"]) == (
         "downloading... \r 50%fd-level, no newline")
+
+
+def test_one_huge_print_travels_in_pieces_that_each_fit_a_message() -> None:
+    from burla.exec.link import LOG_BATCH_BYTES, _split_batch
+
+    huge = "x" * (3 * LOG_BATCH_BYTES + 5)
+    entries: list[list[object]] = [[4, 1, "before\n"], [5, 1, huge], [5, 2, "after\n"]]
+    batches = []
+    while entries:
+        batch, entries = _split_batch(entries)
+        batches.append(batch)
+    for batch in batches:
+        assert sum(len(str(entry[2])) for entry in batch) <= LOG_BATCH_BYTES + len("after\n")
+    flat = [entry for batch in batches for entry in batch]
+    assert "".join(str(e[2]) for e in flat if e[:2] == [5, 1]) == huge
+    assert flat[0] == [4, 1, "before\n"] and flat[-1] == [5, 2, "after\n"]
