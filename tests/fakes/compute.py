@@ -14,7 +14,7 @@ import re
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from tests.fakes.compute_faults import Faults, FaultsMixin, InsertFault
@@ -69,6 +69,7 @@ class FakeCompute(FaultsMixin):
         self._server = serve(self)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self.request_log: list[tuple[str, str]] = []  # (call, requestId) of each change
         self.closed = False
 
     # -- life cycle -------------------------------------------------------------------------
@@ -79,7 +80,7 @@ class FakeCompute(FaultsMixin):
         return f"http://{host!s}:{port}"
 
     def start(self) -> FakeCompute:
-        for target in (self._server.serve_forever, self._tick, self._deliver_hooks):
+        for target in (self._serve, self._tick, self._deliver_hooks):
             thread = threading.Thread(target=target, name=f"fake-compute-{target.__name__}",
                                       daemon=True)
             thread.start()
@@ -113,6 +114,9 @@ class FakeCompute(FaultsMixin):
         with self._lock:
             return sum(self.calls.values())
 
+    def _serve(self) -> None:
+        self._server.serve_forever(poll_interval=0.05)  # so that close() is quick
+
     def _tick(self) -> None:
         while not self._stop.wait(TICK_S):
             with self._lock:
@@ -127,6 +131,17 @@ class FakeCompute(FaultsMixin):
                 self.hooks.gone(vm, preempted)
 
     # -- what tests look at and do ----------------------------------------------------------
+
+    def wait_until(self, done: Callable[[FakeCompute], bool], timeout: float = 10.0) -> bool:
+        """Whether `done(self)` came true within `timeout`, checked as operations move on."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while not done(self):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._lock.wait(left)
+        return True
 
     def vms(self, zone: str | None = None) -> list[FakeVm]:
         """Every instance (in `zone`), as copies."""
@@ -181,7 +196,8 @@ class FakeCompute(FaultsMixin):
             if self._vms.get((vm.zone, vm.name)) is vm:
                 vm.resource["status"] = "RUNNING"
                 self._hook_calls.put(("booted", copy.deepcopy(vm), False))
-        if op.deletes is not None and self._vms.pop((op.zone, op.deletes.name), None):
+        if op.deletes is not None and (op.zone, op.deletes.name) in self._vms:
+            del self._vms[op.zone, op.deletes.name]
             self._hook_calls.put(("gone", copy.deepcopy(op.deletes), False))
 
     def _operation(self, zone: str, kind: str, target: str, request_id: str,
@@ -264,7 +280,7 @@ class FakeCompute(FaultsMixin):
         name = str(body.get("name", ""))
         self._check_permission("compute.instances.create", zone, name)
         with self._lock:
-            request_id = request.query.get("requestId", "")
+            request_id = self._request_id(request, "insert")
             if (op := self._request_ids.get((zone, request_id))) is not None:
                 return self._reply(op)
             vm = self._vm(zone, name, body)
@@ -291,7 +307,7 @@ class FakeCompute(FaultsMixin):
                                 f"machineType': '{machine}'. Give a machine type name.")
         self._check_permission("compute.instances.create", zone, pattern)
         with self._lock:
-            request_id = request.query.get("requestId", "")
+            request_id = self._request_id(request, "bulkInsert")
             if (op := self._request_ids.get((zone, request_id))) is not None:
                 return self._reply(op)
             names = self._names(zone, pattern, count)
@@ -334,7 +350,7 @@ class FakeCompute(FaultsMixin):
         zone = request.fields["zone"]
         self._check_permission("compute.instances.delete", zone, request.fields["name"])
         with self._lock:
-            request_id = request.query.get("requestId", "")
+            request_id = self._request_id(request, "delete")
             if (op := self._request_ids.get((zone, request_id))) is not None:
                 return self._reply(op)
             vm = self._instance(request)
@@ -356,6 +372,11 @@ class FakeCompute(FaultsMixin):
             return 200, copy.deepcopy(op.resource)
 
     # -- helpers ----------------------------------------------------------------------------
+
+    def _request_id(self, request: Request, call: str) -> str:
+        request_id = request.query.get("requestId", "")
+        self.request_log.append((call, request_id))
+        return request_id
 
     def _op(self, request: Request) -> FakeOperation:
         key = (request.fields["zone"], request.fields["name"])

@@ -156,12 +156,16 @@ class Attempt:
 
     zone: str
     spot: bool
-    code: str
+    code: str  # the operation's error code; "" when the zone made fewer VMs without an error
     message: str = ""
+    made: int = 0  # VMs the zone did make before it ran out
 
     def describe(self) -> str:
         model = "spot" if self.spot else "standard"
-        return f"{self.zone} ({model}): {self.code}"
+        said = [self.code] if self.code else []
+        said += [f"made {self.made}"] if self.made else []
+        said += [] if self.code else ["no room for more"]
+        return f"{self.zone} ({model}): {', '.join(said)}"
 
 
 class NoCapacity(ProviderError):
