@@ -28,7 +28,7 @@ from tests.fakes.compute_http import (
     parse_filter,
     serve,
 )
-from tests.fakes.compute_types import machine_type_json, offered_types, zone_json
+from tests.fakes.compute_types import ZoneRoutes, offered_types
 from tests.fakes.compute_vms import (
     FakeOperation,
     FakeVm,
@@ -45,7 +45,7 @@ DEFAULT_WAIT_CAP_S = 1.0
 TICK_S = 0.01  # how often operations move on
 
 
-class FakeCompute(FaultsMixin):
+class FakeCompute(FaultsMixin, ZoneRoutes):
     """The fake API for one project. Use as a context manager, or start() and close()."""
 
     def __init__(self, project: str = "test-project", zones: Iterable[str] = DEFAULT_ZONES,
@@ -228,51 +228,6 @@ class FakeCompute(FaultsMixin):
         return 200, copy.deepcopy(op.resource)
 
     # -- routes -----------------------------------------------------------------------------
-
-    def _project(self, request: Request) -> None:
-        if request.fields["project"] != self.project:
-            raise ApiError(404, f"The resource 'projects/{request.fields['project']}' was not "
-                                "found")
-        zone = request.fields.get("zone")
-        if zone is not None and zone not in self.zones:
-            raise ApiError(400, f"Invalid value for field 'zone': '{zone}'. Unknown zone.")
-
-    def list_zones(self, request: Request) -> tuple[int, Any]:
-        self._project(request)
-        terms = parse_filter(request.query.get("filter", ""))
-        zones = [z for z in (zone_json(self.url, self.project, name) for name in self.zones)
-                 if matches(z, terms)]
-        items, token = page(zones, request.query)
-        return 200, list_body("compute#zoneList", items, token)
-
-    def get_zone(self, request: Request) -> tuple[int, Any]:
-        self._project(request)
-        return 200, zone_json(self.url, self.project, request.fields["zone"])
-
-    def list_machine_types(self, request: Request) -> tuple[int, Any]:
-        self._project(request)
-        zone = request.fields["zone"]
-        terms = parse_filter(request.query.get("filter", ""))
-        types = [t for t in (machine_type_json(self.url, self.project, zone, name)
-                             for name in sorted(self.offers[zone])) if matches(t, terms)]
-        items, token = page(types, request.query)
-        return 200, list_body("compute#machineTypeList", items, token)
-
-    def get_machine_type(self, request: Request) -> tuple[int, Any]:
-        self._project(request)
-        zone, name = request.fields["zone"], request.fields["name"]
-        if name not in self.offers[zone]:
-            raise ApiError(404, f"The resource 'projects/{self.project}/zones/{zone}/"
-                                f"machineTypes/{name}' was not found")
-        return 200, machine_type_json(self.url, self.project, zone, name)
-
-    def aggregated_machine_types(self, request: Request) -> tuple[int, Any]:
-        self._project(request)
-        terms = parse_filter(request.query.get("filter", ""))
-        found = [(zone, t) for zone in self.zones for name in sorted(self.offers[zone])
-                 if matches(t := machine_type_json(self.url, self.project, zone, name), terms)]
-        return 200, aggregated_body("compute#machineTypeAggregatedList", "machineTypes", self.zones,
-                                found, request.query)
 
     def insert(self, request: Request) -> tuple[int, Any]:
         self._project(request)

@@ -13,7 +13,6 @@ from tests.fakes.compute import FakeCompute, FakeVm, VmHooks
 from tests.integration.gce_harness import (
     CLUSTER,
     STARTUP_SCRIPT,
-    Steps,
     provider_for,
     refuses_connections,
 )
