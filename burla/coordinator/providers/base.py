@@ -183,6 +183,6 @@ class NoCapacity(ProviderError):
 class OperationTimedOut(ProviderError):
     """A Compute Engine operation did not finish within the provider's wait.
 
-    Its VMs may still appear; they carry the cluster's label, so the reaper deletes any the
-    coordinator does not adopt. Recover: retry; if it keeps happening the API is degraded.
+    Its VMs may still appear; they carry the cluster's label, so they can be found (and
+    deleted) by it. Recover: retry; if it keeps happening the API is degraded.
     """

@@ -29,11 +29,7 @@ from burla.coordinator.providers.base import (
 )
 from burla.coordinator.providers.gce_boot import Boot
 from burla.coordinator.providers.gce_config import GceConfig
-from burla.coordinator.providers.gce_errors import (
-    OperationFault,
-    call_error,
-    operation_faults,
-)
+from burla.coordinator.providers.gce_errors import call_error
 
 log = structlog.get_logger("burla.coordinator.providers.gce")
 
@@ -61,7 +57,7 @@ class GceProvider:
         self._lock = threading.Lock()
         self._region_zones: list[str] | None = None
         self._offered: dict[str, set[str]] = {}  # machine type -> zones that offer it
-        self._stockouts: dict[tuple[str, str, bool], float] = {}  # (zone, type, spot) -> when
+        self._stockouts: dict[tuple[str, str], float] = {}  # (zone, machine type) -> when
         self._retry = Retry(predicate=if_transient_error, initial=config.retry_initial_s,
                             maximum=max(config.retry_initial_s, 10.0), multiplier=2.0,
                             timeout=config.retry_deadline_s)
@@ -112,13 +108,13 @@ class GceProvider:
         zones = [z for z in order if z in offered]
         now = time.monotonic()
         with self._lock:
-            recent = {z for (z, mt, _), at in self._stockouts.items()
+            recent = {z for (z, mt), at in self._stockouts.items()
                       if mt == machine_type and now - at < STOCKOUT_MEMORY_S}
         return sorted(zones, key=lambda z: z in recent)
 
-    def remember_stockout(self, zone: str, machine_type: str, spot: bool) -> None:
+    def remember_stockout(self, zone: str, machine_type: str) -> None:
         with self._lock:
-            self._stockouts[zone, machine_type, spot] = time.monotonic()
+            self._stockouts[zone, machine_type] = time.monotonic()
 
     def insert(self, request: NodeRequest, zone: str, count: int, spot: bool,
                batch: str) -> list[compute_v1.Operation]:
@@ -166,10 +162,6 @@ class GceProvider:
                                                   filter=labels)
         pages = self._call("list the VMs just booted", self._clients().instances.list, request)
         return sorted((gce_resources.to_node(vm) for vm in pages), key=lambda n: n.name)
-
-    @staticmethod
-    def faults(operation: compute_v1.Operation) -> list[OperationFault]:
-        return operation_faults(operation)
 
     # -- plumbing ---------------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ import structlog
 
 from burla.coordinator.providers import catalog, gce_resources
 from burla.coordinator.providers.base import (
+    CLUSTER_LABEL,
     Attempt,
     BootReport,
     BootStep,
@@ -28,7 +29,12 @@ from burla.coordinator.providers.base import (
     StepCallback,
     StepKind,
 )
-from burla.coordinator.providers.gce_errors import STOCKOUT_CODES, OperationFault, stop_error
+from burla.coordinator.providers.gce_errors import (
+    STOCKOUT_CODES,
+    OperationFault,
+    operation_faults,
+    stop_error,
+)
 
 if TYPE_CHECKING:
     from burla.coordinator.providers.gce import GceProvider
@@ -105,7 +111,7 @@ class Boot:
                 if done is None:
                     timed_out = operation.name
                     continue
-                faults += provider.faults(done)
+                faults += operation_faults(done)
             made = provider.batch_nodes(zone, batch) if len(faults) < len(operations) else []
             self.nodes += made
             self.wanted -= len(made)
@@ -116,8 +122,8 @@ class Boot:
                 raise OperationTimedOut(
                     f"operation {timed_out} (booting {self.request.describe()} in {zone}) did "
                     f"not finish in {provider.config.operation_timeout_s:g} s; its VMs may "
-                    f"still appear, and the reaper deletes any nobody adopts. Retry; if it "
-                    f"keeps happening the Compute API is degraded.")
+                    f"still appear, labelled {CLUSTER_LABEL}={provider.cluster_name}. Retry; "
+                    f"if it keeps happening the Compute API is degraded.")
             stop = stop_error(faults, self.request, zone, provider.config.project,
                               provider.config.region)
             if stop is not None:
@@ -132,7 +138,7 @@ class Boot:
         message = faults[0].message if faults else ""
         self.attempts.append(Attempt(zone, spot, code, message, made_here))
         if not faults or code in STOCKOUT_CODES:
-            self.provider.remember_stockout(zone, self.request.machine_type, spot)
+            self.provider.remember_stockout(zone, self.request.machine_type)
         if made_here:
             return f"{zone} had room for {made_here}"
         if code in STOCKOUT_CODES:
