@@ -1,5 +1,4 @@
-"""Faults the fake Compute API injects: stockouts, quota and permission errors, slow operations,
-capacity limits and replies lost after the request was accepted."""
+"""Faults the fake Compute API injects: stockouts, quota, permissions, slowness, lost replies."""
 
 from __future__ import annotations
 

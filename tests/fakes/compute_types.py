@@ -1,4 +1,4 @@
-"""The fake Compute API's zones and machine types, as the real API writes them, and their routes."""
+"""The fake Compute API's zones and machine types (as the real API writes them), and routes."""
 
 from __future__ import annotations
 

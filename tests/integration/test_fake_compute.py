@@ -1,5 +1,7 @@
-"""The fake Compute API itself, through the real google-cloud-compute client: its operation
-life cycle, list filters and pages, zones and machine types, and its HTTP errors."""
+"""The fake Compute API itself, as the real google-cloud-compute client sees it.
+
+Its operation life cycle, list filters and pages, zones and machine types, and HTTP errors.
+"""
 
 from __future__ import annotations
 

@@ -1,6 +1,8 @@
-"""How the GCE provider reads operation errors, with the real client against the fake API:
-stockouts move to the next zone, quota and permission errors stop and are named, slow
-operations still finish, spot falls back to standard, and nothing waits forever."""
+"""GCE zone failover with the real client against the fake API: what each error leads to.
+
+Stockouts move to the next zone, quota and permission errors stop and are named, slow
+operations still finish, spot falls back to standard, and nothing waits forever.
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,7 @@
-"""The GCE provider, with the real google-cloud-compute client, against the fake Compute API:
-create (insert and bulkInsert), list by label, delete, idempotent retries, spot, GPUs, scale."""
+"""The GCE provider with the real google-cloud-compute client against the fake Compute API.
+
+Create (insert and bulkInsert), list by label, delete, idempotent retries, spot, GPUs, scale.
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""The Compute Engine resources a boot sends (instances, bulk inserts) and the Nodes it reads
-back. Pure: it builds and parses messages, and calls no API."""
+"""The Compute resources a boot sends and the Nodes it reads back; pure, it calls no API."""
 
 from __future__ import annotations
 
