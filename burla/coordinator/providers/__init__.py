@@ -1,0 +1,1 @@
+"""Node providers: where the coordinator's nodes come from (`base` says what each offers)."""
