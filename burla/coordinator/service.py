@@ -116,7 +116,7 @@ class Coordinator:
             node.last_seen = now
             handler = self.agent_handlers.get(type(msg))
             if handler is not None:
-                self.send_all(self.handle(msg, None, handler, self, node, msg))
+                self.send_all(self.handle(msg, None, None, handler, self, node, msg))
             return
         owner = self.clients.get(peer)
         if owner is None:
@@ -127,12 +127,13 @@ class Coordinator:
         self.client_seen[peer] = now
         client_handler = self.client_handlers.get(type(msg))
         if client_handler is not None:
-            self.send_all(self.handle(msg, peer, client_handler, self, peer, owner, msg))
+            self.send_all(self.handle(msg, peer, owner, client_handler, self, peer, owner, msg))
 
-    def handle(self, msg: protocol.Message, peer: bytes | None, handler: Callable[..., Out],
-               *args: Any) -> Out:
+    def handle(self, msg: protocol.Message, peer: bytes | None, owner: str | None,
+               handler: Callable[..., Out], *args: Any) -> Out:
         """What `handler(*args)` sends. If it raises, the job `msg` is about is cancelled with
-        the error's words, and `peer` (the client that asked) is answered, never left waiting."""
+        the error's words (if it is `owner`'s; None: an agent's message), and `peer`, the client
+        that asked, is answered: nobody is left waiting."""
         try:
             return handler(*args)
         except Exception as exc:
@@ -142,6 +143,8 @@ class Coordinator:
                    f"{f' for job {job_id!r}' if job_id else ''} ({type(exc).__name__}: {exc}); "
                    f"its log has the traceback")
             job = self.scheduler.jobs.get(job_id)
+            if job is not None and owner is not None and job.owner != owner:
+                job = None  # another owner's job is not this client's to end
             out: Out = []
             if job is not None:
                 try:

@@ -38,7 +38,7 @@ def test_a_handler_that_raises_cancels_its_job_and_tells_its_client_and_the_aske
     s.submit(CLIENT, "me", submit("job"), NOW)
     asker = b"client-2"
     msg = protocol.Cancel("job", "why not")
-    out = coordinator.handle(msg, asker, broken, coordinator, asker, "me", msg)
+    out = coordinator.handle(msg, asker, "me", broken, coordinator, asker, "me", msg)
     to_client = sent(out, protocol.JobFailed, CLIENT)
     assert [f.kind for f in to_client] == ["canceled"]
     assert "failed while handling cancel for job 'job' (KeyError: 'chunk 3')" \
@@ -51,7 +51,7 @@ def test_a_handler_that_raises_cancels_its_job_and_tells_its_client_and_the_aske
 
 def test_a_failed_handler_of_no_job_still_answers_the_asker(coordinator):
     msg = protocol.StatusRequest()
-    out = coordinator.handle(msg, CLIENT, broken, coordinator, CLIENT, "me", msg)
+    out = coordinator.handle(msg, CLIENT, "me", broken, coordinator, CLIENT, "me", msg)
     refused = sent(out, protocol.Refuse, CLIENT)
     assert [r.kind for r in refused] == ["coordinator_error"]
     assert "its log has the traceback" in refused[0].message
@@ -78,3 +78,24 @@ def test_a_daemon_logging_to_a_full_disk_goes_on():
         done = subprocess.run([sys.executable, "-c", code], stderr=full, stdout=subprocess.PIPE,
                               text=True, timeout=60)
     assert done.returncode == 0 and done.stdout == "alive\n"
+
+
+def test_a_failed_handler_never_ends_another_owners_job(coordinator):
+    s = coordinator.scheduler
+    s.add_node(b"agent-a", hello("a"), NOW)
+    s.submit(CLIENT, "me", submit("job"), NOW)
+    msg = protocol.Ack("job", 1)
+    out = coordinator.handle(msg, b"intruder", "other", broken, coordinator, b"intruder",
+                             "other", msg)
+    assert "job" in s.jobs and not sent(out, protocol.Release)
+    assert [f.kind for f in sent(out, protocol.JobFailed, b"intruder")] == ["coordinator_error"]
+
+
+def test_a_failed_agent_handler_cancels_the_job_it_was_about(coordinator):
+    s = coordinator.scheduler
+    s.add_node(b"agent-a", hello("a"), NOW)
+    s.submit(CLIENT, "me", submit("job"), NOW)
+    msg = protocol.Credit("job", 1)
+    out = coordinator.handle(msg, None, None, broken, coordinator, s.nodes["a"], msg)
+    assert [f.kind for f in sent(out, protocol.JobFailed, CLIENT)] == ["canceled"]
+    assert s.jobs == {} and s.nodes["a"].used_cpus == 0
