@@ -6,6 +6,7 @@ __version__ = "0.1.0"
 
 from burla.errors import (  # noqa: E402
     BurlaError,
+    ClusterStorageError,
     ClusterUnreachable,
     FunctionTooBig,
     InputTooBig,
@@ -38,6 +39,7 @@ __all__ = [
     "remote_parallel_map",
     "attach",
     "BurlaError",
+    "ClusterStorageError",
     "ClusterUnreachable",
     "FunctionTooBig",
     "InputTooBig",

@@ -136,6 +136,16 @@ class ClusterUnreachable(BurlaError):
     """
 
 
+class ClusterStorageError(BurlaError):
+    """The cluster could not store a detached job: the disk of the coordinator's state dir is
+    full (or failed). The message names the state dir and its free space.
+
+    The job is refused, or fails and frees its slots; other jobs go on. Recover: free space in
+    that state dir, or run the job without `detach=True` (an attached job keeps nothing on the
+    cluster's disk).
+    """
+
+
 class RemoteError(BurlaError):
     """A remote exception that could not be pickled home, carried as text.
 
@@ -167,5 +177,6 @@ ALL_ERRORS = (
     VersionMismatch,
     Unauthorized,
     ClusterUnreachable,
+    ClusterStorageError,
     RemoteError,
 )

@@ -57,10 +57,13 @@ def make_cluster(
     """Factory for a private cluster (for tests that kill or reconfigure daemons)."""
     with ExitStack() as stack:
 
-        def make(agents: int = 1, cpus: int = 2, agent_args: tuple[str, ...] = ()) -> Cluster:
+        def make(agents: int = 1, cpus: int = 2, agent_args: tuple[str, ...] = (),
+                 coordinator_state: Path | None = None) -> Cluster:
+            """`coordinator_state`: the coordinator's state dir (default: in the cluster's)."""
             root = tmp_path / f"cluster{len(stack._exit_callbacks)}"
             root.mkdir()
-            made = stack.enter_context(running_cluster(root, agents, cpus, agent_args))
+            made = stack.enter_context(running_cluster(root, agents, cpus, agent_args,
+                                                       coordinator_state))
             for key, value in made.env().items():
                 monkeypatch.setenv(key, value)
             return made

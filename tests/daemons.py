@@ -91,6 +91,12 @@ class Cluster:
     coordinator: subprocess.Popen[bytes] | None = None
     agents: list[subprocess.Popen[bytes]] = field(default_factory=list)
     notifier: Notifier = field(default_factory=Notifier)
+    state: Path | None = None  # the coordinator's state dir; None: `root`/coordinator
+
+    @property
+    def state_dir(self) -> Path:
+        """The coordinator's state dir (its job store, jobs.sqlite3, is in it)."""
+        return self.state or self.root / "coordinator"
 
     def _spawn(self, args: list[str], name: str,
                prefix: tuple[str, ...] = ()) -> tuple[subprocess.Popen[bytes], Path]:
@@ -110,7 +116,7 @@ class Cluster:
         (self.root / "token").write_text(self.token)
         process, log = self._spawn(
             ["coordinator", "--endpoint", "tcp://127.0.0.1:0", "--state-dir",
-             str(self.root / "coordinator"), "--token-file", str(self.root / "token"), *extra],
+             str(self.state_dir), "--token-file", str(self.root / "token"), *extra],
             "coordinator",
         )
         message = self.notifier.wait_ready(process, log)
@@ -137,7 +143,7 @@ class Cluster:
         """
         (self.root / "token").write_text(self.token)
         process, log = self._spawn(
-            ["coordinator", "--endpoint", bind, "--state-dir", str(self.root / "coordinator"),
+            ["coordinator", "--endpoint", bind, "--state-dir", str(self.state_dir),
              "--token-file", str(self.root / "token"), *extra],
             "coordinator",
         )
@@ -230,8 +236,9 @@ class Cluster:
 
 @contextlib.contextmanager
 def running_cluster(root: Path, agents: int = 1, cpus: int = 2,
-                    agent_args: tuple[str, ...] = ()) -> Iterator[Cluster]:
-    cluster = Cluster(root)
+                    agent_args: tuple[str, ...] = (),
+                    coordinator_state: Path | None = None) -> Iterator[Cluster]:
+    cluster = Cluster(root, state=coordinator_state)
     try:
         cluster.start_coordinator()
         for _ in range(agents):

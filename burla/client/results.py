@@ -18,6 +18,7 @@ _ERRORS_BY_KIND: dict[str, type[errors.BurlaError]] = {
     "collected": errors.JobCollected,
     "node_disconnected": errors.NodeDisconnected,
     "unreachable": errors.ClusterUnreachable,
+    "storage": errors.ClusterStorageError,
 }
 
 

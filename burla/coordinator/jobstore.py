@@ -6,10 +6,18 @@ or cancelled), a short record of how and when stays, so that a later attach is t
 jobs are not written: their client holds every unfinished chunk and uploads it again after a
 restart (writing each 1 MB chunk costs ~6 ms here, more than the whole relay). Never unpickles
 user data.
+
+Every write is one transaction, all or nothing: one that fails (a full disk) is rolled back and
+raises `StoreError`, naming the state dir and its free space. Writes that add data leave a
+reserve free (`storefile.RESERVE_BYTES`), so that ending jobs still fits; an end that does not
+fit even so is kept in memory, answered from there, and written once there is room. A corrupt
+file is moved aside at open, and the new store remembers that reset, so that an attach to a job
+it held is told what happened.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import time
@@ -19,6 +27,11 @@ from pathlib import Path
 from typing import Any
 
 import msgpack
+import structlog
+
+from burla.coordinator import storefile
+
+log = structlog.get_logger("burla.coordinator")
 
 # Output lines kept per detached job; later lines are counted, not stored.
 MAX_LOG_LINES_PER_JOB = 100_000
@@ -45,6 +58,7 @@ create index if not exists logs_by_job on logs (job_id);
 create table if not exists ended (
     seq integer primary key autoincrement, job_id text unique not null, owner text not null,
     outcome text not null, detail text not null, ended_at real not null);
+create table if not exists resets (at real not null, kept text not null, reason text not null);
 """
 
 
@@ -86,21 +100,68 @@ class StoredResults:
 
 
 class JobStore:
-    def __init__(self, path: Path | str) -> None:
-        self.db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
-        self.db.execute("pragma journal_mode=wal")
-        self.db.execute("pragma synchronous=normal")  # durable across a crash of the process
-        self.db.executescript(_SCHEMA)
+    def __init__(self, path: Path | str, reserve_bytes: int | None = None) -> None:
+        """Open (or create) the store at `path`, moving a corrupt file aside (`reset` then says
+        when, and where it is kept). `reserve_bytes`: the free space that writes adding data
+        leave on the disk (by default `storefile.reserve_for` the state dir)."""
+        self.path = Path(path)
+        in_memory = str(path) == ":memory:"
+        moved: storefile.StoreReset | None = None
+        try:
+            self.db = _open(self.path)
+        except (sqlite3.DatabaseError, storefile.CorruptStore) as exc:
+            if in_memory or not storefile.is_corrupt(exc):
+                raise
+            moved = storefile.move_aside(self.path, exc, time.time())
+            self.db = _open(self.path)
+        if in_memory:
+            reserve_bytes = 0
+        elif reserve_bytes is None:
+            reserve_bytes = storefile.reserve_for(self.path.parent)
+        self.reserve = reserve_bytes
+        if reserve_bytes:  # the WAL is copied into the database (and reset) within the reserve
+            pages = max(16, min(1000, reserve_bytes // 2 // 4096))
+            self.db.execute(f"pragma wal_autocheckpoint={pages}")
+            self.db.execute(f"pragma journal_size_limit={reserve_bytes // 2}")
+        # Ends that could not be written (a full disk): answered from here, written later.
+        self.unsaved: dict[str, EndedJob] = {}
+        self._unsaved_logged = False
+        if moved is not None:
+            self.db.execute("insert into resets (at, kept, reason) values (?, ?, ?)",
+                            (moved.at, moved.kept, moved.reason))
+        row = self.db.execute("select at, kept, reason from resets order by at desc "
+                              "limit 1").fetchone()
+        self.reset = storefile.StoreReset(*row) if row else None
 
     def close(self) -> None:
         self.db.close()
 
-    # --- writes ---------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _write(self, adds: int = 0) -> Iterator[None]:
+        """One transaction: every statement in it is stored, or none is (StoreError). `adds`:
+        the bytes it adds, refused beforehand where they would eat into the reserve."""
+        if adds and self.reserve:  # written to the WAL, then copied into the database
+            free = storefile.free_bytes(self.path.parent)
+            if free < 2 * adds + self.reserve:
+                raise storefile.no_room(self.path, adds, free, self.reserve)
+        try:
+            self.db.execute("begin immediate")
+            yield
+            self.db.execute("commit")
+        except BaseException as exc:
+            if self.db.in_transaction:  # SQLite may have rolled back already (a full disk)
+                with contextlib.suppress(sqlite3.Error):
+                    self.db.execute("rollback")
+            if isinstance(exc, sqlite3.Error):
+                raise storefile.write_failed(self.path, exc) from exc
+            raise
+
+    # --- writes (each raises StoreError, and then changed nothing) -------------------------
 
     def add_job(self, job_id: str, owner: str, function_hash: str, function: bytes,
                 function_name: str, request: dict[str, Any], max_parallelism: int | None,
                 parent_job: str | None) -> None:
-        with self.db:
+        with self._write(adds=len(function) + 4096):
             self.db.execute("insert or ignore into functions values (?, ?)",
                             (function_hash, bytes(function)))
             self.db.execute(
@@ -112,64 +173,84 @@ class JobStore:
 
     def add_chunk(self, job_id: str, chunk_id: int, first_index: int, count: int,
                   data: Any) -> None:
-        self.db.execute("insert or ignore into chunks values (?, ?, ?, ?, ?)",
-                        (job_id, chunk_id, first_index, count, memoryview(_buffer(data))))
+        buffer = memoryview(_buffer(data))
+        with self._write(adds=buffer.nbytes):
+            self.db.execute("insert or ignore into chunks values (?, ?, ?, ?, ?)",
+                            (job_id, chunk_id, first_index, count, buffer))
 
     def delete_chunk(self, job_id: str, chunk_id: int) -> None:
-        self.db.execute("delete from chunks where job_id = ? and chunk_id = ?",
-                        (job_id, chunk_id))
+        with self._write():
+            self.db.execute("delete from chunks where job_id = ? and chunk_id = ?",
+                            (job_id, chunk_id))
 
     def inputs_done(self, job_id: str, total: int) -> None:
-        self.db.execute("update jobs set total = ?, inputs_done = 1 where job_id = ?",
-                        (total, job_id))
+        with self._write():
+            self.db.execute("update jobs set total = ?, inputs_done = 1 where job_id = ?",
+                            (total, job_id))
 
     def add_results(self, job_id: str, first_index: int, count: int, errors: list[int],
                     data: Any) -> None:
-        self.db.execute(
-            "insert into results (job_id, first_index, count, errors, data) "
-            "values (?, ?, ?, ?, ?)",
-            (job_id, first_index, count, json.dumps(errors), memoryview(_buffer(data))),
-        )
+        buffer = memoryview(_buffer(data))
+        with self._write(adds=buffer.nbytes):
+            self.db.execute(
+                "insert into results (job_id, first_index, count, errors, data) "
+                "values (?, ?, ?, ?, ?)",
+                (job_id, first_index, count, json.dumps(errors), buffer),
+            )
 
     def add_logs(self, job_id: str, count: int, packed: Any) -> None:
         """Keep `count` entries, packed as msgpack by their executor (stored as they came)."""
         count = max(0, count)
+        buffer = memoryview(_buffer(packed))
         row = self.db.execute("select log_lines from jobs where job_id = ?", (job_id,)).fetchone()
         if row is None:
             return
         if row[0] + count > MAX_LOG_LINES_PER_JOB:
-            self.db.execute("update jobs set dropped_lines = dropped_lines + ? where job_id = ?",
-                            (count, job_id))
+            with self._write():
+                self.db.execute("update jobs set dropped_lines = dropped_lines + ? "
+                                "where job_id = ?", (count, job_id))
             return
-        with self.db:
-            self.db.execute("insert into logs (job_id, entries) values (?, ?)",
-                            (job_id, memoryview(_buffer(packed))))
+        with self._write(adds=buffer.nbytes):
+            self.db.execute("insert into logs (job_id, entries) values (?, ?)", (job_id, buffer))
             self.db.execute("update jobs set log_lines = log_lines + ? where job_id = ?",
                             (count, job_id))
 
-    def cancel(self, job_id: str, why: str) -> None:
-        with self.db:
-            self.db.execute("update jobs set canceled = ? where job_id = ?", (why, job_id))
-            self.db.execute("delete from chunks where job_id = ?", (job_id,))
-
-    def delete_job(self, job_id: str) -> None:
-        with self.db:
-            self._delete(job_id)
-
-    def end_job(self, job_id: str, owner: str, outcome: str, detail: str = "") -> None:
+    def end_job(self, job_id: str, owner: str, outcome: str, detail: str = "") -> bool:
         """Drop the job's data, and remember that it ended, how and when (the latest
-        MAX_ENDED_JOBS ends are kept)."""
-        with self.db:
-            self._delete(job_id)
-            self.db.execute(
-                "insert or replace into ended (job_id, owner, outcome, detail, ended_at) "
-                "values (?, ?, ?, ?, ?)", (job_id, owner, outcome, detail, time.time()))
-            self.db.execute("delete from ended where seq <= (select max(seq) from ended) - ?",
-                            (MAX_ENDED_JOBS,))
+        MAX_ENDED_JOBS ends are kept). Never raises: an end that cannot be written now (a full
+        disk) is kept in memory, answered by `ended`, and written by a later `retry_unsaved`.
+        True when it is written."""
+        self.unsaved[job_id] = EndedJob(job_id, owner, outcome, detail, time.time())
+        return self.retry_unsaved()
 
-    def _delete(self, job_id: str) -> None:
-        for table in ("jobs", "chunks", "results", "logs"):
-            self.db.execute(f"delete from {table} where job_id = ?", (job_id,))  # noqa: S608
+    def retry_unsaved(self) -> bool:
+        """Write the ends kept in memory; True when none is left there."""
+        if not self.unsaved:
+            return True
+        try:
+            with self._write():
+                for record in self.unsaved.values():
+                    for table in ("jobs", "chunks", "results", "logs"):
+                        self.db.execute(f"delete from {table} where job_id = ?",  # noqa: S608
+                                        (record.job_id,))
+                    self.db.execute(
+                        "insert or replace into ended (job_id, owner, outcome, detail, "
+                        "ended_at) values (?, ?, ?, ?, ?)",
+                        (record.job_id, record.owner, record.outcome, record.detail,
+                         record.ended_at))
+                self.db.execute("delete from ended where seq <= (select max(seq) from ended) "
+                                "- ?", (MAX_ENDED_JOBS,))
+        except storefile.StoreError as exc:
+            if not self._unsaved_logged:
+                self._unsaved_logged = True
+                log.error("job_store_end_unsaved", jobs=len(self.unsaved), error=str(exc),
+                          message="ended jobs are kept in memory until the store has room")
+            return False
+        if self._unsaved_logged:
+            log.info("job_store_end_saved", jobs=len(self.unsaved))
+        self.unsaved.clear()
+        self._unsaved_logged = False
+        return True
 
     # --- reads ----------------------------------------------------------------------------
 
@@ -186,6 +267,8 @@ class JobStore:
         return bytes(row[0])
 
     def ended(self, job_id: str) -> EndedJob | None:
+        if job_id in self.unsaved:
+            return self.unsaved[job_id]
         row = self.db.execute("select job_id, owner, outcome, detail, ended_at from ended "
                               "where job_id = ?", (job_id,)).fetchone()
         return EndedJob(*row) if row else None
@@ -230,12 +313,23 @@ class JobStore:
                     "job_id = ? and first_index >= ? and first_index < ?",
                     (first, first, job_id, first, first + count),
                 ).fetchone()[0]
-                chunks.append((chunk_id, first, count, reported))
+                if reported < count:  # else only its deletion failed (a full disk)
+                    chunks.append((chunk_id, first, count, reported))
             stored.append(StoredJob(
                 job_id, row[1], row[2], row[3], json.loads(row[4]), row[5], row[6], row[7],
                 bool(row[8]), row[9], row[10], done, chunks,
             ))
         return stored
+
+
+def _open(path: Path) -> sqlite3.Connection:
+    db = storefile.connect(path)
+    try:
+        db.executescript(_SCHEMA)  # writes nothing where the tables exist
+    except BaseException:
+        db.close()
+        raise
+    return db
 
 
 def _buffer(data: Any) -> Any:

@@ -4,6 +4,10 @@ Every handler takes a decoded message (and the time, passed in) and returns `(pe
 pairs for the service to send. It allocates slots, dispatches chunks only against agent credit,
 relays results exactly once per index, paces upload and results, and keeps detached jobs in the
 job store. No sockets, no clock, no unpickling of user data.
+
+A handler that writes to the store writes first: a write that fails (`StoreError`, a full disk)
+has changed nothing, and the handler then refuses the job, or fails it and frees its slots, with
+the store's words, instead of leaving it half changed.
 """
 
 from __future__ import annotations
@@ -11,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-from collections.abc import Iterator
 
 import structlog
 
@@ -19,13 +22,13 @@ from burla import protocol
 from burla.config import PEER_TIMEOUT_SECONDS
 from burla.coordinator import ended, placement
 from burla.coordinator.delivery import ResultStream
+from burla.coordinator.detached import DetachedJobs, Out, cannot_detach
 from burla.coordinator.functions import FunctionCache, nbytes
 from burla.coordinator.jobstore import JobStore
 from burla.coordinator.state import ChunkState, Job, Node, Request
+from burla.coordinator.storefile import StoreError
 
 log = structlog.get_logger("burla.coordinator")
-
-Out = list[tuple[bytes, protocol.Message]]
 
 # Input bytes a client may have uploaded but not yet dispatched (its upload window).
 UPLOAD_WINDOW_BYTES = 64 * 1024 * 1024
@@ -35,7 +38,9 @@ MAX_BACKLOG_BYTES = 64 * 1024 * 1024
 MAX_PREFETCH = 16
 
 
-class Scheduler:
+class Scheduler(DetachedJobs):
+    """Nodes, jobs and slots; detached jobs' own handling is the `DetachedJobs` mixin's."""
+
     def __init__(self, secret: bytes, store: JobStore | None = None) -> None:
         self.secret = secret
         self.store = store or JobStore(":memory:")
@@ -134,26 +139,20 @@ class Scheduler:
             msg.max_parallelism, msg.detach, msg.parent_job, self.job_token(msg.job_id), now, now,
             ResultStream(msg.job_id, peer), announced=msg.n_inputs,
         )
-        self.jobs[job.job_id] = job
         if job.detach:
-            self.store.add_job(job.job_id, owner, job.function_hash,
-                               self.functions[job.function_hash], job.function_name,
-                               vars(request), job.max_parallelism, job.parent_job)
+            try:
+                self.store.add_job(job.job_id, owner, job.function_hash,
+                                   self.functions[job.function_hash], job.function_name,
+                                   vars(request), job.max_parallelism, job.parent_job)
+            except StoreError as exc:
+                log.error("job_store_write_failed", job=job.job_id, error=str(exc))
+                return [(peer, protocol.Refuse("storage", cannot_detach(job.job_id, exc),
+                                               job.job_id))]
+        self.jobs[job.job_id] = job
         out = self.allocate(job, report=False)  # the Accept below carries the slots
         log.info("job_submitted", job=job.job_id, owner=owner, slots=job.slots,
                  function=msg.function_name, detach=job.detach)
         return [(peer, protocol.Accept(job.job_id, job.slots, UPLOAD_WINDOW_BYTES, -1))] + out
-
-    def attach(self, peer: bytes, owner: str, job_id: str, now: float, wall: float) -> Out:
-        """A client collects a detached job; `wall` (Unix time) dates a refusal's words."""
-        job = self.jobs.get(job_id)
-        if job is None or job.owner != owner:  # collected, cancelled, or never here
-            return [(peer, ended.attach_refusal(self.store.ended(job_id), owner, job_id, wall))]
-        if not job.inputs_done:
-            return [(peer, protocol.Refuse(
-                "uploading", f"job {job_id!r} is still receiving its inputs from the process "
-                f"that started it; attach once they are all stored", job_id))]
-        return self.reattach(job, peer, owner, now)
 
     def reattach(self, job: Job, peer: bytes, owner: str, now: float) -> Out:
         if job.owner != owner:
@@ -166,29 +165,9 @@ class Scheduler:
             out.insert(0, (job.client, ended.taken_over(job.job_id)))
         if job.detach and job.inputs_done:
             out.append((peer, protocol.Stored(job.job_id, job.total or 0)))
-        replay = self._replay(job) if job.detach else None
+        replay = self.replay(job) if job.detach else None
         out += job.stream.reattach(peer, replay)
         return out + self.ack_settled(job)
-
-    def _replay(self, job: Job) -> Iterator[protocol.Results]:
-        for stored in self.store.results(job.job_id):
-            yield protocol.Results(job.job_id, -1, 0, stored.first_index, stored.count,
-                                   stored.errors, False, 0, 0, stored.data)
-
-    def restore(self, now: float) -> None:
-        """Take back the detached jobs a previous coordinator left in the store."""
-        for stored in self.store.jobs():
-            if stored.canceled:
-                self.store.end_job(stored.job_id, stored.owner, "canceled", stored.canceled)
-                continue
-            function = self.store.function(stored.function_hash)
-            if function is not None:
-                self.functions.put(stored.function_hash, function)
-            self.jobs[stored.job_id] = Job.restored(stored, self.job_token(stored.job_id),
-                                                    self.epoch, now)
-            self.queued.append(stored.job_id)
-            log.info("job_restored", job=stored.job_id, chunks=len(stored.chunks),
-                     done=stored.done)
 
     def allocate(self, job: Job, *, report: bool = True) -> Out:
         """Give `job` free slots up to its cap; nested jobs borrow one slot when none are free.
@@ -292,13 +271,17 @@ class Scheduler:
             return [(job.client, protocol.UploadCredit(job.job_id, size))]
         chunk = ChunkState(job.next_chunk_id, msg.first_index, msg.count, msg.data,
                            attempt=self.epoch)
+        if job.detach:  # durable before acknowledged; memory holds only what is in flight
+            try:
+                self.store.add_chunk(job.job_id, chunk.chunk_id, chunk.first_index, chunk.count,
+                                     chunk.data)
+            except StoreError as exc:
+                return self.store_failed(job, exc)
         job.next_chunk_id += 1
         job.seen_chunks.add(msg.first_index)
         job.uploaded += msg.count
         out: Out = []
-        if job.detach:  # durable before acknowledged; memory holds only what is in flight
-            self.store.add_chunk(job.job_id, chunk.chunk_id, chunk.first_index, chunk.count,
-                                 chunk.data)
+        if job.detach:
             out.append((job.client, protocol.UploadCredit(job.job_id, chunk.nbytes)))
             chunk.data = None
             chunk.credited = True
@@ -306,11 +289,15 @@ class Scheduler:
         return out + (self.allocate(job) if job.slots == 0 else self.dispatch(job))
 
     def inputs_done(self, job: Job, msg: protocol.InputsDone) -> Out:
+        if job.detach:
+            try:
+                self.store.inputs_done(job.job_id, msg.total)
+            except StoreError as exc:
+                return self.store_failed(job, exc)
         job.total = msg.total
         job.inputs_done = True
         out: Out = []
         if job.detach:
-            self.store.inputs_done(job.job_id, msg.total)
             out.append((job.client, protocol.Stored(job.job_id, msg.total)))
         return out + self.complete_or_release(job)
 
@@ -377,15 +364,21 @@ class Scheduler:
             # Sent whole even when it overlaps an earlier attempt's: the client's ledger drops
             # indexes it holds, so the coordinator never unpickles or splits user data.
             if job.detach:
-                self.store.add_results(job.job_id, msg.first_index, msg.count, msg.errors,
-                                       msg.data)
+                try:
+                    self.store.add_results(job.job_id, msg.first_index, msg.count, msg.errors,
+                                           msg.data)
+                except StoreError as exc:
+                    return self.store_failed(job, exc)
             out += job.stream.deliver(msg)
             chunk.reported += fresh
             job.done += fresh
         if msg.chunk_done and msg.first_index + msg.count == chunk.first_index + chunk.count:
             del job.inflight[chunk.chunk_id]
-            if job.detach:
-                self.store.delete_chunk(job.job_id, chunk.chunk_id)
+            if job.detach:  # if this fails, its stored results say it ran (`store.jobs`)
+                try:
+                    self.store.delete_chunk(job.job_id, chunk.chunk_id)
+                except StoreError as exc:
+                    log.warning("job_store_write_failed", job=job.job_id, error=str(exc))
             agent_id = node.agent_id
             job.running[agent_id] = job.running.get(agent_id, 1) - 1
             if agent_id in job.credits:
@@ -430,7 +423,7 @@ class Scheduler:
 
     def expire(self, now: float, client_seen: dict[bytes, float]) -> Out:
         """Declare silent agents dead; cancel attached jobs of silent clients."""
-        out: Out = []
+        out = self.expire_detached(now)
         for node in list(self.nodes.values()):
             if now - node.last_seen > PEER_TIMEOUT_SECONDS:
                 out += self.lose_node(node.agent_id, f"silent for {now - node.last_seen:.1f}s")

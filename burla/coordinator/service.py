@@ -25,6 +25,7 @@ from burla.config import CLIENT_FORGET_SECONDS, PING_INTERVAL_SECONDS
 from burla.coordinator.config import CoordinatorConfig
 from burla.coordinator.jobstore import JobStore
 from burla.coordinator.scheduler import Out, Scheduler
+from burla.coordinator.storefile import StoreError
 from burla.job_ids import job_id_problem
 
 log = structlog.get_logger("burla.coordinator")
@@ -47,6 +48,7 @@ class Coordinator:
         # (SIGTERM from systemd, a deploy) must leave them running: they reconnect, as after a
         # crash, and the cluster keeps its nodes.
         self.stop_agents = False
+        self.unstored_lines = 0  # output lines of detached jobs the job store could not take
         self.listening = asyncio.Event()  # set once bound: `endpoint` is known
         self.channel: channel.Channel
         self.endpoint = ""
@@ -116,7 +118,7 @@ class Coordinator:
             node.last_seen = now
             handler = self.agent_handlers.get(type(msg))
             if handler is not None:
-                self.send_all(handler(self, node, msg))
+                self.send_all(self.handle(msg, None, None, handler, self, node, msg))
             return
         owner = self.clients.get(peer)
         if owner is None:
@@ -131,7 +133,34 @@ class Coordinator:
             return
         client_handler = self.client_handlers.get(type(msg))
         if client_handler is not None:
-            self.send_all(client_handler(self, peer, owner, msg))
+            self.send_all(self.handle(msg, peer, owner, client_handler, self, peer, owner, msg))
+
+    def handle(self, msg: protocol.Message, peer: bytes | None, owner: str | None,
+               handler: Callable[..., Out], *args: Any) -> Out:
+        """What `handler(*args)` sends. If it raises, the job `msg` is about is cancelled with
+        the error's words (if it is `owner`'s; None: an agent's message), and `peer`, the client
+        that asked, is answered: nobody is left waiting."""
+        try:
+            return handler(*args)
+        except Exception as exc:
+            log.exception("handler_failed", op=msg.op)
+            job_id = str(getattr(msg, "job_id", "") or "")
+            why = (f"the coordinator failed while handling {msg.op}"
+                   f"{f' for job {job_id!r}' if job_id else ''} ({type(exc).__name__}: {exc}); "
+                   f"its log has the traceback")
+            job = self.scheduler.jobs.get(job_id)
+            if job is not None and owner is not None and job.owner != owner:
+                job = None  # another owner's job is not this client's to end
+            out: Out = []
+            if job is not None:
+                try:
+                    out += self.scheduler.cancel(job_id, None, f"{why}, and the job was cancelled")
+                except Exception:
+                    log.exception("cancel_failed", job=job_id)
+            if peer is not None and (job is None or peer != job.client):
+                out.append((peer, protocol.JobFailed(job_id, "coordinator_error", why)
+                            if job_id else protocol.Refuse("coordinator_error", why, "")))
+            return out
 
     def on_hello(self, peer: bytes, msg: protocol.Hello, now: float) -> None:
         if msg.protocol_version != protocol.PROTOCOL_VERSION:
@@ -262,7 +291,13 @@ class Coordinator:
         if job is None:
             return []
         if job.detach:
-            self.store.add_logs(job.job_id, msg.count, msg.data)
+            try:
+                self.store.add_logs(job.job_id, msg.count, msg.data)
+            except StoreError as exc:  # lines the store cannot take are lost, the job goes on
+                self.unstored_lines += msg.count
+                if self.unstored_lines == msg.count or self.unstored_lines % 100_000 < msg.count:
+                    log.error("job_logs_not_stored", job=job.job_id, lines=self.unstored_lines,
+                              error=str(exc))
         return [(job.client, msg)] if job.client else []
 
 
