@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 import uuid
 
 import pytest
@@ -88,6 +89,12 @@ def test_the_coordinator_remembers_collected_jobs_across_a_restart(make_cluster,
     cluster = make_cluster()
     assert remote_parallel_map(identity, range(3), detach=True, spinner=False) == [0, 1, 2]
     job_id = STORED.search(capsys.readouterr().out).group(1)
+    # The call returns once it holds the results; the coordinator records the collection
+    # when the client's last Ack arrives, an instant later. Stop it only after that.
+    deadline = time.monotonic() + 10
+    while any(job["job_id"] == job_id for job in cluster.status()["jobs"]):
+        assert time.monotonic() < deadline, "the coordinator never saw the job collected"
+        time.sleep(0.02)
     assert cluster.coordinator is not None
     cluster.coordinator.terminate()
     cluster.coordinator.wait(timeout=10)
