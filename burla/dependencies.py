@@ -24,9 +24,13 @@ TESTED: dict[str, tuple[str, str]] = {
     "platformdirs": ("4.0.0", "4.14.9"),
     "psutil": ("5.9.5", "7.2.2"),
     "pyzmq": ("26.0.0", "27.3.0"),
-    "rich": ("13.0.0", "15.0.0"),
+    # rich below 13.1 lacks Traceback(locals_hide_dunder=), which structlog's console
+    # renderer passes: logging an exception raised TypeError.
+    "rich": ("13.1.0", "15.0.0"),
     "structlog": ("24.1.0", "26.1.0"),
-    "tblib": ("3.0.0", "3.2.2"),
+    # tblib below 3.2 rebuilds an exception by calling its __init__: MyError(msg, code) would
+    # arrive as RemoteError.
+    "tblib": ("3.2.0", "3.2.2"),
     # typer below 0.16 breaks on click 8.2+ (Parameter.make_metavar() takes ctx).
     "typer": ("0.16.0", "0.29.2"),
     "uvloop": ("0.19.0", "0.23.0"),
