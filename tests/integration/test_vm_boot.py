@@ -24,7 +24,6 @@ from tests.fakes.compute import FakeCompute
 from tests.fakes.vms import NamespaceVms, unavailable
 
 pytestmark = [
-    pytest.mark.slow,
     pytest.mark.timeout(150),
     pytest.mark.skipif(unavailable() is not None, reason=unavailable() or ""),
 ]
@@ -179,6 +178,7 @@ def test_preempted_vm_agent_is_sigkilled(make_cloud):
     assert machine.namespace not in namespaces()
 
 
+@pytest.mark.slow  # about 8 s unloaded, most of it the orphan timeout; more on a busy machine
 def test_orphaned_agent_deletes_its_own_vm(make_cloud):
     cloud = make_cloud(**{"burla-orphan-timeout": str(ORPHAN_TIMEOUT_S)})
     node = cloud.boot()
