@@ -125,7 +125,8 @@ def _agent_parser(commands: Any) -> None:
                          help="directory for the agent's state")
     _add_token_options(command)
     command.add_argument("--agent-id", default="",
-                         help="name of this node; default: host name + pid")
+                         help="name of this node; default: host name + pid, or with "
+                              "--from-metadata the instance name")
     command.add_argument("--cpus", type=int, default=0,
                          help="CPUs to offer; 0: all of this machine's")
     command.add_argument("--ram-gb", type=int, default=0,
@@ -136,9 +137,10 @@ def _agent_parser(commands: Any) -> None:
     command.add_argument("--warm", type=int, default=-1,
                          help="executors to start ahead of jobs; -1: one per CPU")
     command.add_argument("--orphan-timeout", type=float, default=None,
-                         help="stop after this many seconds with no coordinator; 0: never "
-                              "(the default; with --from-metadata the VM then deletes itself, "
-                              "after its burla-orphan-timeout attribute, or 600)")
+                         help="stop after this many seconds with no coordinator; 0: never. "
+                              "Default 0; with --from-metadata the VM's burla-orphan-timeout "
+                              "attribute, else 600, and the agent deletes its VM before it "
+                              "stops")
     command.add_argument("--sandbox", action=argparse.BooleanOptionalAction, default=False,
                          help="run executors in namespaces as an unprivileged uid "
                               "(needs root; cluster nodes)")

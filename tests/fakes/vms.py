@@ -135,7 +135,12 @@ class NamespaceVms(VmHooks):
     def booted(self, vm: FakeVm) -> None:
         with self._lock:
             number, self._next = self._next, self._next + 1
-        machine = self._wire(vm, number)
+        try:
+            machine = self._wire(vm, number)
+        except (RuntimeError, OSError, subprocess.SubprocessError) as e:
+            # Kept for the fixture's check; raising would end the fake's hook thread.
+            self.problems.append(f"VM {vm.name} could not boot: {e}")
+            return
         assert self.metadata is not None, "start() the VMs before the fake boots any"
         attributes = {**self.attributes, "burla-compute-endpoint": self.metadata.compute_relay,
                       **vm.metadata}
@@ -190,14 +195,20 @@ class NamespaceVms(VmHooks):
         machine = Machine(vm.name, vm.zone, namespace, host_if, address, directory)
         self._made.append((namespace, host_if))
         self._cgroups.append(cgroup_root_name(machine.state_dir))
-        _must("netns", "add", namespace)
-        _must("link", "add", host_if, "type", "veth", "peer", "name", ns_if, "netns", namespace)
-        _must("link", "set", host_if, "master", self._bridge)
-        _must("link", "set", host_if, "up")
-        inside = ("netns", "exec", namespace, "ip")
-        _must(*inside, "addr", "add", f"{address}/24", "dev", ns_if)
-        _must(*inside, "link", "set", ns_if, "up")
-        _must(*inside, "link", "set", "lo", "up")
+        try:
+            _must("netns", "add", namespace)
+            _must("link", "add", host_if, "type", "veth", "peer", "name", ns_if, "netns",
+                  namespace)
+            _must("link", "set", host_if, "master", self._bridge)
+            _must("link", "set", host_if, "up")
+            inside = ("netns", "exec", namespace, "ip")
+            _must(*inside, "addr", "add", f"{address}/24", "dev", ns_if)
+            _must(*inside, "link", "set", ns_if, "up")
+            _must(*inside, "link", "set", "lo", "up")
+        except RuntimeError:
+            _ip("netns", "del", namespace)
+            _ip("link", "del", host_if)
+            raise
         return machine
 
     def _run_script(self, machine: Machine, script: str) -> subprocess.Popen[bytes]:

@@ -96,7 +96,7 @@ def namespaces() -> set[str]:
 def make_cloud(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Cloud]]:
     """A coordinator on the VMs' network, the fake Compute API whose VMs boot in namespaces,
     and the real GCE provider on it. Afterwards: no VM in the fake, and nothing on the host."""
-    made: list[Cloud] = []
+    made: list[tuple[Cluster, FakeCompute, NamespaceVms]] = []
 
     def make(**attributes: str) -> Cloud:
         vms = NamespaceVms(tmp_path / "vms", attributes)
@@ -105,7 +105,7 @@ def make_cloud(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Call
         fake.start()
         (tmp_path / "cluster").mkdir()
         cluster = Cluster(tmp_path / "cluster", notifier=PathNotifier(tmp_path))
-        made.append(Cloud(cluster, fake, vms, None))  # type: ignore[arg-type]
+        made.append((cluster, fake, vms))
         cluster.start_coordinator_at(f"tcp://{vms.host_address}:0")
         for key, value in cluster.env().items():
             monkeypatch.setenv(key, value)
@@ -114,17 +114,16 @@ def make_cloud(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Call
             api_endpoint=fake.url, coordinator_endpoint=cluster.endpoint, token=cluster.token,
             startup_script=STARTUP_SCRIPT.read_text(), retry_initial_s=0.01,
             operation_timeout_s=60.0))
-        made[-1].provider = provider
-        return made[-1]
+        return Cloud(cluster, fake, vms, provider)
 
     yield make
-    for cloud in made:
-        left_in_fake = [vm.name for vm in cloud.fake.vms()]
-        cloud.fake.close()
-        cloud.vms.close()
-        cloud.cluster.stop()
+    for cluster, fake, vms in made:
+        left_in_fake = [vm.name for vm in fake.vms()]
+        fake.close()
+        vms.close()
+        cluster.stop()
         assert not left_in_fake, f"VMs left in the fake: {left_in_fake}"
-        assert not cloud.vms.leftovers(), f"left on this host: {cloud.vms.leftovers()}"
+        assert not vms.leftovers(), f"left on this host: {vms.leftovers()}"
 
 
 def where_am_i(x: int) -> tuple[int, str]:

@@ -61,3 +61,14 @@ def test_a_refused_delete_is_logged_not_raised(fake):
     [failed] = [entry for entry in logs if entry["event"] == "own_vm_delete_failed"]
     assert "compute.instances.delete" in failed["error"]
     assert [v.name for v in fake.vms()] == ["burla-c-1-0001"]
+
+
+def test_an_orphaned_agent_off_gce_only_stops(make_cluster):
+    cluster = make_cluster(agent_args=("--orphan-timeout", "3"))
+    [agent] = cluster.agents
+    assert cluster.coordinator is not None
+    cluster.coordinator.kill()
+    cluster.coordinator.wait(timeout=10)
+    assert agent.wait(timeout=30) == 0
+    log = (cluster.root / "agent0.log").read_text()
+    assert "no coordinator for 3s" in log and "deleting_own_vm" not in log
