@@ -98,7 +98,12 @@ class Ended:
 @dataclass
 class NamespaceVms(VmHooks):
     """Boots the fake's VMs in namespaces. `attributes`: metadata every VM has unless its own
-    says otherwise; `agent_args`: more flags for each VM's agent."""
+    says otherwise; `agent_args`: more flags for each VM's agent.
+
+    vms = NamespaceVms(tmp_path / "vms"); fake = FakeCompute(hooks=vms)
+    vms.start(fake.url); fake.start()    # then a coordinator on tcp://{vms.host_address}:0
+    ...; fake.close(); vms.close(); assert not vms.leftovers()
+    """
 
     root: Path
     attributes: Mapping[str, str] = field(default_factory=dict)
