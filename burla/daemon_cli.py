@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from burla import endpoints
 
 if TYPE_CHECKING:
+    from burla.agent.config import AgentConfig
+    from burla.agent.metadata import VmSettings
     from burla.coordinator.config import CoordinatorConfig
 
 # The `burla` subcommands served here; `burla --help` lists them with these lines.
@@ -109,13 +111,22 @@ def _coordinator_parser(commands: Any) -> None:
 def _agent_parser(commands: Any) -> None:
     command = commands.add_parser("agent", help=SUMMARIES["agent"],
                                   description=SUMMARIES["agent"])
-    command.add_argument("--coordinator", required=True, type=_endpoint(bind=False),
-                         help="coordinator endpoint, e.g. tcp://10.0.0.2:7700")
+    command.add_argument("--coordinator", type=_endpoint(bind=False),
+                         help="coordinator endpoint, e.g. tcp://10.0.0.2:7700 (required "
+                              "unless --from-metadata)")
+    command.add_argument("--from-metadata", action="store_true",
+                         help="on a GCE VM the coordinator created: read the coordinator, "
+                              "token and agent id (the instance name) from the metadata "
+                              "server; flags given here win")
+    command.add_argument("--metadata-url", metavar="URL",
+                         help="metadata server to read with --from-metadata; default "
+                              "http://metadata.google.internal/computeMetadata/v1")
     command.add_argument("--state-dir", type=Path, required=True,
                          help="directory for the agent's state")
     _add_token_options(command)
     command.add_argument("--agent-id", default="",
-                         help="name of this node; default: host name + pid")
+                         help="name of this node; default: host name + pid, or with "
+                              "--from-metadata the instance name")
     command.add_argument("--cpus", type=int, default=0,
                          help="CPUs to offer; 0: all of this machine's")
     command.add_argument("--ram-gb", type=int, default=0,
@@ -125,8 +136,11 @@ def _agent_parser(commands: Any) -> None:
                          help="declare a fake GPU inventory, e.g. A100_40G:2")
     command.add_argument("--warm", type=int, default=-1,
                          help="executors to start ahead of jobs; -1: one per CPU")
-    command.add_argument("--orphan-timeout", type=float, default=0.0,
-                         help="stop after this many seconds with no coordinator; 0: never")
+    command.add_argument("--orphan-timeout", type=float, default=None,
+                         help="stop after this many seconds with no coordinator; 0: never. "
+                              "Default 0; with --from-metadata the VM's burla-orphan-timeout "
+                              "attribute, else 600, and the agent deletes its VM before it "
+                              "stops")
     command.add_argument("--sandbox", action=argparse.BooleanOptionalAction, default=False,
                          help="run executors in namespaces as an unprivileged uid "
                               "(needs root; cluster nodes)")
@@ -139,7 +153,7 @@ def _agent_parser(commands: Any) -> None:
                          help="processes and threads each executor may run at once (cgroup "
                               "pids.max, v1 and v2); 0: no limit; default 4096")
     _add_log_level(command)
-    command.set_defaults(run=_run_agent)
+    command.set_defaults(run=_run_agent, error=command.error)
 
 
 def _exec_parser(commands: Any) -> None:
@@ -238,14 +252,29 @@ def _run_agent(args: argparse.Namespace) -> None:
 
     zygote_spawn.start_early()  # its start overlaps the imports below
     _without_rich()
+    from burla.agent import service
+
+    config = agent_config(args)
+    _serve("agent", args.log_level, service.run(config))
+
+
+def agent_config(args: argparse.Namespace) -> AgentConfig:
+    """The agent's settings from its flags and, with --from-metadata, the metadata server."""
     import platform
 
-    from burla.agent import service
     from burla.agent.config import AgentConfig
 
     args.command_name = "agent"
+    settings = _vm_settings(args)
+    coordinator = args.coordinator or (settings.coordinator if settings else "")
+    given_token = args.token or args.token_file is not None
+    token = settings.token if settings and not given_token else _read_token(args)
+    default_id = settings.vm.name if settings else f"{platform.node()}-{os.getpid()}"
+    orphan_timeout = args.orphan_timeout
+    if orphan_timeout is None:
+        orphan_timeout = settings.orphan_timeout if settings else 0.0
     args.state_dir.mkdir(parents=True, exist_ok=True)
-    overrides: dict[str, Any] = {"agent_id": args.agent_id or f"{platform.node()}-{os.getpid()}"}
+    overrides: dict[str, Any] = {"agent_id": args.agent_id or default_id}
     if args.cpus:
         overrides["cpus"] = args.cpus
     if args.ram_gb:
@@ -254,13 +283,33 @@ def _run_agent(args: argparse.Namespace) -> None:
         overrides["memory_budget_bytes"] = int(args.memory_budget_gb * 2**30)
     if args.executor_pids_max is not None:
         overrides["executor_pids_max"] = args.executor_pids_max
-    config = AgentConfig(
-        coordinator=args.coordinator, token=_read_token(args), state_dir=args.state_dir,
+    return AgentConfig(
+        coordinator=coordinator, token=token, state_dir=args.state_dir,
         image=args.image, fake_gpus=args.fake_gpus, warm_executors=args.warm,
-        orphan_timeout=args.orphan_timeout, token_file=args.token_file, sandbox=args.sandbox,
-        cgroups=args.cgroups, **overrides,
+        orphan_timeout=orphan_timeout, token_file=args.token_file, sandbox=args.sandbox,
+        cgroups=args.cgroups, vm=settings.vm if settings else None, **overrides,
     )
-    _serve("agent", args.log_level, service.run(config))
+
+
+def _vm_settings(args: argparse.Namespace) -> VmSettings | None:
+    """What --from-metadata reads (None without it); exits naming what is missing or wrong."""
+    if not args.from_metadata:
+        if args.metadata_url:
+            args.error("--metadata-url needs --from-metadata")
+        if args.coordinator is None:
+            args.error("give --coordinator ENDPOINT, or --from-metadata on a GCE VM the "
+                       "coordinator created")
+        return None
+    from burla.agent import metadata
+
+    try:
+        settings = metadata.read(metadata.fetcher(args.metadata_url or metadata.DEFAULT_URL))
+        endpoints.check(settings.coordinator, bind=False)
+    except metadata.MetadataError as exc:
+        sys.exit(f"burla agent: {exc}")
+    except endpoints.BadEndpoint as exc:
+        sys.exit(f"burla agent: metadata attribute {metadata.COORDINATOR_KEY}: {exc}")
+    return settings
 
 
 def _run_exec(args: argparse.Namespace) -> None:

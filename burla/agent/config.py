@@ -7,6 +7,8 @@ import platform
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from burla.agent.metadata import VmIdentity
+
 # Chunks each slot may hold beyond the one it runs, so an executor never waits on the network.
 DEFAULT_PREFETCH = 2
 # Memory the dynamic-RAM budget leaves to the OS, the agent and the zygote by default: 10 %,
@@ -46,6 +48,7 @@ class AgentConfig:
     warm_executors: int = -1  # executors forked at start; -1 means one per CPU
     prefetch: int = DEFAULT_PREFETCH
     orphan_timeout: float = 0.0  # exit after this long without a coordinator; 0 = never
+    vm: VmIdentity | None = None  # the GCE VM it runs on (--from-metadata): orphaned, it deletes it
     python_version: str = field(
         default_factory=lambda: ".".join(platform.python_version_tuple()[:2])
     )

@@ -20,6 +20,7 @@ import structlog
 import zmq
 
 from burla import __version__, channel, daemon, protocol, systemd, transport, unsent
+from burla.agent import vm
 from burla.agent.blame import blame, settle
 from burla.agent.config import AgentConfig
 from burla.agent.executors import DEFAULT_SHAPE, DYING, Executor, ExecutorPool, describe_exit
@@ -112,6 +113,7 @@ class Agent:
             log.warning("warm_up_slow", seconds=WARM_UP_TIMEOUT_SECONDS,
                         waiting=sum(not e.ready for e in self.pool.executors.values()))
         if not self.stopping.is_set():
+            self.last_heard = time.monotonic()  # the orphan clock starts with the first Hello
             self.hello()
         try:
             await daemon.run_until(self.stopping, self.heartbeat())
@@ -176,7 +178,11 @@ class Agent:
                 self.report_unreachable(now)
             orphan = self.config.orphan_timeout
             if orphan and silent > orphan:
-                self.stop(f"no coordinator for {orphan:.0f}s")
+                reason = f"no coordinator for {orphan:.0f}s"
+                if self.config.vm is not None:  # a GCE VM: nothing may bill forever
+                    await vm.delete_own(self.config.vm, reason)
+                self.stop(reason)
+                return
 
     def report_unreachable(self, now: float) -> None:
         """Log, now and then, that no coordinator has answered; ZeroMQ keeps redialling."""
