@@ -128,7 +128,7 @@ class Cluster:
         process, log = self._spawn(
             ["agent", "--coordinator", self.endpoint, "--state-dir", str(self.root / name),
              "--token-file", str(self.root / "token"), "--agent-id", name,
-             "--cpus", str(cpus), *extra],
+             "--cpus", str(cpus), "--log-level", "debug", *extra],
             name,
         )
         self.notifier.wait_ready(process, log)
@@ -171,7 +171,7 @@ class Cluster:
         process, log = self._spawn(
             ["agent", "--coordinator", coordinator, "--state-dir", str(self.root / name),
              "--token-file", str(self.root / "token"), "--agent-id", name,
-             "--cpus", str(cpus), *extra],
+             "--cpus", str(cpus), "--log-level", "debug", *extra],
             name, prefix,
         )
         self.notifier.wait_ready(process, log)

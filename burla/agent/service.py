@@ -245,7 +245,9 @@ class Agent:
         for _ in range(msg.slots - len(warm)):
             self.make_room(shape)
             self.attach(self.pool.spawn(shape, msg.owner), job)
-        log.info("job_assigned", job=job.job_id, slots=msg.slots, warm=len(warm),
+        # debug: the coordinator logs each job once (job_submitted); a line per job per node
+        # was a sixth of a small job's CPU in the embedded cluster.
+        log.debug("job_assigned", job=job.job_id, slots=msg.slots, warm=len(warm),
                  function_bytes=len(msg.function))  # 0: this agent had the function already
 
     def make_room(self, shape: Shape) -> None:
@@ -311,7 +313,7 @@ class Agent:
                 self.pool.kill(executor)
             elif not executor.busy():
                 self.end_job(executor, msg.job_id)
-        log.info("job_released", job=msg.job_id, killed=msg.kill)
+        log.debug("job_released", job=msg.job_id, killed=msg.kill)
 
     def end_job(self, executor: Executor, job_id: str) -> None:
         """The executor goes idle-warm; it cleans up after the job (and asks to be retired if
