@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from burla import __version__, protocol
-from burla.config import ClusterAddress, new_token, user_state_dir, write_private_json
+from burla.config import ClusterAddress, new_token, path_of, user_state_dir, write_private_json
 from burla.errors import ClusterUnreachable
 
 # Daemons of another burla version or wire protocol are restarted on this code.
@@ -62,15 +62,15 @@ def interpreter_key() -> str:
 
 def clusters_dir() -> Path:
     """Where every interpreter's embedded cluster keeps its state, one directory each."""
-    return user_state_dir() / "local"
+    return path_of(str(user_state_dir()), "local")
 
 
 def state_dir() -> Path:
-    return clusters_dir() / interpreter_key()
+    return path_of(str(clusters_dir()), interpreter_key())
 
 
 def cluster_file(directory: Path | None = None) -> Path:
-    return (directory or state_dir()) / "cluster.json"
+    return path_of(str(directory or state_dir()), "cluster.json")
 
 
 def read_info(directory: Path | None = None) -> dict[str, Any] | None:
