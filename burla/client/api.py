@@ -1,4 +1,9 @@
-"""`remote_parallel_map`: check the arguments, ship the function, gather results for the caller."""
+"""`remote_parallel_map`: check the arguments, ship the function, gather results for the caller.
+
+A cold first call starts the embedded cluster before it imports what only a running job needs
+(cloudpickle, ZeroMQ, the session): those imports then overlap the cluster's start. So this
+module imports them inside the functions that use them, after `local_cluster.start_soon`.
+"""
 
 from __future__ import annotations
 
@@ -12,19 +17,17 @@ import threading
 import traceback
 import uuid
 from collections.abc import Callable, Generator, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import cloudpickle
-
-from burla import pickling
 from burla.client import local_cluster
 from burla.client.chunking import Chunker
-from burla.client.results import mark_remote
-from burla.client.session import JobSession, JobSpec
-from burla.client.spinner import Display
-from burla.config import MAX_FUNCTION_BYTES, configured_cluster
+from burla.config import MAX_FUNCTION_BYTES, ClusterAddress, configured_cluster
 from burla.errors import BurlaError, FunctionTooBig, JobCanceled
 from burla.job_ids import job_id_problem
+
+if TYPE_CHECKING:
+    from burla.client.session import JobSession, JobSpec
+    from burla.client.spinner import Display
 
 GPU_TYPES = {"A100": "A100_40G", "A100_40G": "A100_40G", "A100_80G": "A100_80G",
              "H100": "H100_80G", "H100_80G": "H100_80G"}
@@ -65,11 +68,17 @@ def remote_parallel_map(
     chunker = Chunker(inputs)
     if chunker.done():  # empty inputs: nothing to run, no cluster touched
         return _empty() if generator else []
-    spec = _job_spec(function_, func_cpu, ram_gb, func_gpu, image, max_parallelism, grow, detach)
+    address = _cluster_soon(api_key)
+    try:
+        spec = _job_spec(function_, func_cpu, ram_gb, func_gpu, image, max_parallelism, grow,
+                         detach)
+        from burla.client.session import JobSession
+        from burla.client.spinner import Display
+    finally:
+        cluster = address()
     chunker.remember_speed_of(spec.function_hash)
-    address = configured_cluster(api_key) or local_cluster.ensure_running()
     display = Display(spinner, spec.function_name)
-    session = JobSession(address, spec, chunker, display.write_logs, CONNECT_TIMEOUT_SECONDS)
+    session = JobSession(cluster, spec, chunker, display.write_logs, CONNECT_TIMEOUT_SECONDS)
     if generator:
         return _stream(session, display)
     try:
@@ -89,6 +98,9 @@ def attach(
     problem = job_id_problem(job_id)
     if problem is not None:  # before any cluster is started or asked
         raise ValueError(f"job_id {problem}")
+    from burla.client.session import JobSession
+    from burla.client.spinner import Display
+
     address = configured_cluster(api_key) or local_cluster.ensure_running()
     display = Display(spinner, f"job {job_id}")
     session = JobSession(address, None, None, display.write_logs, CONNECT_TIMEOUT_SECONDS,
@@ -100,6 +112,15 @@ def attach(
     except BaseException as exc:
         _on_the_way_out(exc)
         raise
+
+
+def _cluster_soon(api_key: str | None) -> Callable[[], ClusterAddress]:
+    """The cluster to use, as a function that gives its address: the configured one at once,
+    or the embedded one, whose start (if it must start) goes on while the caller continues."""
+    configured = configured_cluster(api_key)
+    if configured is not None:
+        return lambda: configured
+    return local_cluster.start_soon()
 
 
 def _empty() -> Generator[Any, None, None]:
@@ -160,6 +181,8 @@ def _job_spec(
     function_: Callable[..., Any], func_cpu: int, ram_gb: int, func_gpu: str | None,
     image: str | None, max_parallelism: int | None, grow: bool, detach: bool,
 ) -> JobSpec:
+    from burla.client.session import JobSpec
+
     name = getattr(function_, "__qualname__", None) or repr(function_)
     blob, function_hash = _pickle_function(function_, name)
     return JobSpec(
@@ -172,6 +195,10 @@ def _job_spec(
 
 def _pickle_function(function_: Callable[..., Any], name: str) -> tuple[bytes, str]:
     """The function's pickle and its content hash, the cluster's cache key for it."""
+    import cloudpickle
+
+    from burla import pickling
+
     module = sys.modules.get(getattr(function_, "__module__", "") or "")
     by_value = module is not None and _is_user_module(module)
     if by_value:  # the cluster may not have the user's own modules installed: ship the code
@@ -294,6 +321,8 @@ def _batches(
 
 
 def _with_remote_traceback(exc: BaseException, index: int) -> BaseException:
+    from burla.client.results import mark_remote
+
     mark_remote(exc, index)
     if isinstance(exc, SystemExit) and exc.code is None and exc.args:
         # tblib rebuilds a SystemExit without its __init__, which sets `code` from its args:

@@ -23,7 +23,6 @@ from collections.abc import Iterable, Iterator
 from itertools import islice
 from typing import Any
 
-from burla import pickling
 from burla.config import MAX_INPUT_BYTES
 from burla.errors import InputTooBig
 
@@ -83,6 +82,8 @@ def dumps(value: Any) -> bytes:
     try:
         return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
     except Exception:  # lambdas, local classes, closures: cloudpickle handles them
+        from burla import pickling  # here, not at the top: a cold first call imports it later
+
         return pickling.dumps(value)
 
 

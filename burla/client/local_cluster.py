@@ -24,16 +24,23 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from burla import __version__, protocol
+from burla import __version__
 from burla.config import ClusterAddress, new_token, path_of, user_state_dir, write_private_json
 from burla.errors import ClusterUnreachable
 
-# Daemons of another burla version or wire protocol are restarted on this code.
-_VERSION = f"{__version__}+protocol{protocol.PROTOCOL_VERSION}"
+
+@functools.cache
+def _version() -> str:
+    """What a cluster of this code calls itself: daemons of another burla version or wire
+    protocol are restarted on this code. burla.protocol is imported here, not at the top, so
+    a cold first call can start the cluster before it pays for that import."""
+    from burla import protocol
+
+    return f"{__version__}+protocol{protocol.PROTOCOL_VERSION}"
 
 # Seconds the embedded cluster stays up with no job and no client.
 IDLE_TIMEOUT_SECONDS = float(os.environ.get("BURLA_LOCAL_IDLE_TIMEOUT", "900"))
@@ -126,7 +133,7 @@ def _serves_this_interpreter(info: dict[str, Any] | None) -> bool:
     here = interpreter()
     return bool(
         info
-        and info.get("version") == _VERSION  # an upgrade restarts it on the new code
+        and info.get("version") == _version()  # an upgrade restarts it on the new code
         and python.get("prefix") == here["prefix"]
         and python.get("python_version") == here["python_version"]
     )
@@ -141,13 +148,40 @@ def ensure_running(*, lost: bool = False) -> ClusterAddress:
     """The embedded cluster's address, starting it first if it is not running. `lost`: a job
     lost it, so the record kept from before is not trusted (a daemon this process started and
     that crashed is a zombie until reaped, and its pid still exists)."""
+    return start_soon(lost=lost)()
+
+
+def start_soon(*, lost: bool = False) -> Callable[[], ClusterAddress]:
+    """What ensure_running does, without waiting for a cluster it has to start: the function
+    returned waits for it and gives its address. A cold first call's own imports and pickling
+    then overlap the cluster's start instead of coming before it. Call the function (in a
+    `finally`): until then this process holds the start lock."""
     info = None if lost else _still_known()
     if info is None:
         info = _usable_info()
-        if info is None:
-            with _lock():
-                info = _usable_info() or start()
+    if info is not None:
         _remember(info)
+        return functools.partial(_address, info)
+    held = contextlib.ExitStack()
+    held.enter_context(_lock())
+    try:
+        info = _usable_info()  # another process may have started it while we waited
+        finish_start = None if info is not None else _begin_start()
+    except BaseException:
+        held.close()
+        raise
+
+    def finish() -> ClusterAddress:
+        with held:
+            record = info if finish_start is None else finish_start()
+        assert record is not None
+        _remember(record)
+        return _address(record)
+
+    return finish
+
+
+def _address(info: dict[str, Any]) -> ClusterAddress:
     return ClusterAddress(info["endpoint"], info["token"], True, "the embedded local cluster")
 
 
@@ -190,6 +224,12 @@ def _lock() -> Iterator[None]:
 
 def start() -> dict[str, Any]:
     """Start the cluster, wait until its agent has registered, record it in cluster.json."""
+    return _begin_start()()
+
+
+def _begin_start() -> Callable[[], dict[str, Any]]:
+    """Start the cluster's process; the function returned waits until its agent has
+    registered, records it in cluster.json and returns the record."""
     stop()
     directory = state_dir()
     token = new_token()
@@ -203,19 +243,25 @@ def start() -> dict[str, Any]:
         "--state-dir", str(directory / "coordinator"), "--token-file", str(token_file),
         "--idle-timeout", str(IDLE_TIMEOUT_SECONDS), "--local-agent", str(directory / "agent"),
     ]
-    pid = _start_and_wait(command, directory)
-    info = {"endpoint": endpoint, "token": token, "coordinator_pid": pid, "agent_pid": pid,
-            "started_at": time.time(), "version": _VERSION, "python": interpreter()}
-    write_private_json(cluster_file(), info)
-    return info
+    wait_ready = _spawn(command, directory)
+
+    def finish() -> dict[str, Any]:
+        pid = wait_ready()
+        info = {"endpoint": endpoint, "token": token, "coordinator_pid": pid, "agent_pid": pid,
+                "started_at": time.time(), "version": _version(), "python": interpreter()}
+        write_private_json(cluster_file(), info)
+        return info
+
+    return finish
 
 
-def _start_and_wait(command: list[str], directory: Path) -> int:
-    """Start the cluster's process; its pid once its agent has registered (READY=1 with
-    STATUS=registered: the coordinator listens before that)."""
+def _spawn(command: list[str], directory: Path) -> Callable[[], int]:
+    """Start the cluster's process; the function returned gives its pid once its agent has
+    registered (READY=1 with STATUS=registered: the coordinator listens before that)."""
     address = f"\0burla-notify-{uuid.uuid4().hex}"
     log = directory / "cluster.log"
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
         notify.bind(address)
         env = dict(os.environ, NOTIFY_SOCKET="@" + address[1:], PYTHONUNBUFFERED="1")
         for name in ("BURLA_CLUSTER", "BURLA_API_KEY", "BURLA_PARENT_JOB"):
@@ -225,28 +271,40 @@ def _start_and_wait(command: list[str], directory: Path) -> int:
                 command, stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file, env=env,
                 start_new_session=True,  # outlives this process and its Ctrl-C
             )
-        deadline = time.monotonic() + START_TIMEOUT_SECONDS
-        while True:
-            if process.poll() is not None:
-                raise ClusterUnreachable(
-                    f"the embedded cluster exited with code {process.returncode} while "
-                    f"starting; its log: {log}"
-                )
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                _kill(process)
-                raise ClusterUnreachable(
-                    f"the embedded cluster did not get ready in {START_TIMEOUT_SECONDS:.0f}s; "
-                    f"its log: {log}"
-                )
-            notify.settimeout(min(remaining, 0.2))
-            try:
-                payload = notify.recv(4096).decode()
-            except TimeoutError:
-                continue
-            fields = dict(line.split("=", 1) for line in payload.splitlines() if "=" in line)
-            if fields.get("READY") == "1" and fields.get("STATUS") == "registered":
-                return process.pid
+    except BaseException:
+        notify.close()
+        raise
+
+    def wait_ready() -> int:
+        with notify:
+            return _wait_ready(process, notify, log)
+
+    return wait_ready
+
+
+def _wait_ready(process: subprocess.Popen[bytes], notify: socket.socket, log: Path) -> int:
+    deadline = time.monotonic() + START_TIMEOUT_SECONDS
+    while True:
+        if process.poll() is not None:
+            raise ClusterUnreachable(
+                f"the embedded cluster exited with code {process.returncode} while "
+                f"starting; its log: {log}"
+            )
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            _kill(process)
+            raise ClusterUnreachable(
+                f"the embedded cluster did not get ready in {START_TIMEOUT_SECONDS:.0f}s; "
+                f"its log: {log}"
+            )
+        notify.settimeout(min(remaining, 0.2))
+        try:
+            payload = notify.recv(4096).decode()
+        except TimeoutError:
+            continue
+        fields = dict(line.split("=", 1) for line in payload.splitlines() if "=" in line)
+        if fields.get("READY") == "1" and fields.get("STATUS") == "registered":
+            return process.pid
 
 
 def _kill(process: subprocess.Popen[bytes]) -> None:

@@ -69,7 +69,7 @@ def test_each_interpreter_has_its_own_cluster_directory(tmp_path, monkeypatch):
 
 
 def test_a_cluster_of_another_interpreter_is_not_used(record):
-    running = dict(record, version=local_cluster._VERSION, python=local_cluster.interpreter())
+    running = dict(record, version=local_cluster._version(), python=local_cluster.interpreter())
     assert local_cluster._serves_this_interpreter(running)
     elsewhere = dict(running, python=dict(running["python"], prefix="/other/venv"))
     assert not local_cluster._serves_this_interpreter(elsewhere)
