@@ -77,8 +77,8 @@ class JobSpec:
 
 
 class JobSession:
-    """Events put on `events`: ("accepted", slots), ("progress", running), ("total", n),
-    ("results", (generation, seq, Batch)), ("error", exception)."""
+    """Events put on `events`: ("accepted", slots), ("progress", (running, growth status)),
+    ("total", n), ("results", (generation, seq, Batch)), ("error", exception)."""
 
     def __init__(
         self,
@@ -335,7 +335,7 @@ class JobSession:
         elif isinstance(msg, protocol.UploadCredit):
             self.window += msg.nbytes
         elif isinstance(msg, protocol.Progress):
-            self.events.put(("progress", msg.running))
+            self.events.put(("progress", (msg.running, msg.status)))
         elif isinstance(msg, protocol.Welcome):
             self.welcomed = True
         elif isinstance(msg, protocol.Accept):

@@ -117,12 +117,13 @@ class GceProvider:
             self._stockouts[zone, machine_type] = time.monotonic()
 
     def insert(self, request: NodeRequest, zone: str, count: int, spot: bool,
-               batch: str) -> list[compute_v1.Operation]:
+               batch: str, names: list[str] | None = None) -> list[compute_v1.Operation]:
         """Start `count` VMs of one batch: bulkInsert above the threshold, else one insert
-        each. Every call carries a requestId, and a retry sends the same one."""
+        each. `names` (one per VM) names them; else the batch's pattern does. Every call
+        carries a requestId, and a retry sends the same one."""
         config, instances = self.config, self._clients().instances
         if count > config.bulk_threshold:
-            resource = gce_resources.bulk_insert(config, request, count, spot, batch)
+            resource = gce_resources.bulk_insert(config, request, count, spot, batch, names)
             bulk = compute_v1.BulkInsertInstanceRequest(
                 project=config.project, zone=zone, bulk_insert_instance_resource_resource=resource,
                 request_id=str(uuid.uuid4()))
@@ -130,7 +131,8 @@ class GceProvider:
                                request)]
         operations = []
         for number in range(1, count + 1):
-            name = gce_resources.node_name(config.cluster_name, batch, number)
+            name = names[number - 1] if names else gce_resources.node_name(
+                config.cluster_name, batch, number)
             vm = gce_resources.instance(config, request, zone, name, spot, batch)
             one = compute_v1.InsertInstanceRequest(project=config.project, zone=zone,
                                                    instance_resource=vm,
