@@ -158,9 +158,9 @@ def _add_growth_options(command: argparse.ArgumentParser) -> None:
     group = command.add_argument_group("growth", "where grow=True gets nodes, and its bounds")
     group.add_argument("--provider", choices=PROVIDERS, default=None,
                        help="where grow=True boots nodes: gce (Compute Engine VMs) or local "
-                            "(agents as processes on this machine, for tests); default: none, "
-                            "so grow=True boots nothing and a job that no registered node "
-                            "fits is refused as without it")
+                            "(agents as processes on this machine, for tests); default: none: "
+                            "grow=True boots nothing, and jobs run on the agents that "
+                            "register")
     group.add_argument("--gce-project", metavar="P", help="the project VMs are booted in")
     group.add_argument("--gce-region", metavar="R", help="the region VMs are booted in, e.g. "
                                                          "us-central1")

@@ -41,14 +41,17 @@ REAP_RETRY_SECONDS = 10.0
 # Provider states of a VM that runs nothing and will not by itself: the reaper deletes it.
 STOPPED_STATES = frozenset({"STOPPED", "SUSPENDED", "TERMINATED"})
 _ANY_HOST = ("0.0.0.0", "*", "[::]")
+# (growth settings, endpoint nodes dial, bootstrap token, state dir) -> the provider
+ProviderMaker = Callable[[GrowthConfig, str, str, Path], NodeProvider]
 
 
 class Grower:
     """Growth's instructions, carried out. `send` sends what the scheduler returns."""
 
-    def __init__(self, config: GrowthConfig, scheduler: Scheduler,
-                 send: Callable[[Out], None]) -> None:
+    def __init__(self, config: GrowthConfig, scheduler: Scheduler, send: Callable[[Out], None],
+                 make_provider: ProviderMaker = factory.provider_for) -> None:
         self.config = config
+        self.make_provider = make_provider
         self.growth = Growth(config.limits, factory.catalog_for(config), config.name_prefix)
         self.scheduler = scheduler
         scheduler.could_grow = self.growth.could_help
@@ -73,8 +76,8 @@ class Grower:
         # On threads: a host name lookup may wait on DNS, and the gce provider's first import
         # (google-cloud-compute) takes a while.
         self.endpoint = await asyncio.to_thread(advertised_endpoint, self.config, bound_endpoint)
-        self.provider = await asyncio.to_thread(factory.provider_for, self.config,
-                                                self.endpoint, token, state_dir)
+        self.provider = await asyncio.to_thread(self.make_provider, self.config, self.endpoint,
+                                                token, state_dir)
         self.pool = ProviderPool(self.provider)
         log.info("growth_ready", provider=self.config.provider, cluster=self.config.cluster_name,
                  nodes_dial=self.endpoint)
@@ -86,8 +89,11 @@ class Grower:
                                                 else REAP_RETRY_SECONDS)
                 while True:
                     self.step()
+                    # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancel
+                    # that comes as the wait ends, and the coordinator would never stop.
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self.wake.wait(), STEP_SECONDS)
+                        async with asyncio.timeout(STEP_SECONDS):
+                            await self.wake.wait()
                     self.wake.clear()
                     await asyncio.sleep(MIN_STEP_GAP_SECONDS)
                     if time.monotonic() >= next_reap:
@@ -121,7 +127,7 @@ class Grower:
             elif isinstance(instruction, GiveUp):
                 out += scheduler.give_up(instruction.job_id, instruction.reason)
         for job_id, said in decision.jobs.items():
-            out += scheduler.growth_said(job_id, said.status)
+            out += scheduler.growth_said(job_id, said.status, bool(said.booting))
         self.send(out)
 
     def _spawn(self, work: Any) -> None:
@@ -234,6 +240,7 @@ class Grower:
             "provider": self.config.provider,
             "cluster": self.config.cluster_name,
             "nodes_dial": self.endpoint,
+            "listed": self.listed,  # the reaper has seen the cluster's nodes once
             "booting": [{"name": b.name, "machine_type": b.machine.name or "?",
                          "age_seconds": round(now - b.since, 1), "note": b.note}
                         for b in growth.booting.values()],

@@ -43,6 +43,7 @@ class GrowingJobs:
         def allocate(self, job: Job, *, report: bool = True, limit: int | None = None) -> Out:
             ...
         def end_job(self, job: Job, *, kill: bool, canceled: str = "") -> Out: ...
+        def dispatch(self, job: Job) -> Out: ...
 
     def refusal(self, msg: protocol.Submit, request: Request, now: float) -> protocol.Refuse | None:
         """Why the job cannot be accepted (NoNodes, NoCompatibleNodes), or None. A grow=True
@@ -79,15 +80,24 @@ class GrowingJobs:
                 out += self.allocate(job, limit=wanted)
         return out
 
-    def growth_said(self, job_id: str, status: str) -> Out:
-        """Growth's words for a job changed: its client's spinner shows them (a Progress)."""
+    def growth_said(self, job_id: str, status: str, awaiting: bool = False) -> Out:
+        """What growth says of a job: its words for the client's spinner (a Progress, when
+        they change), and whether nodes boot for it (`awaiting`: its agents then get no chunks
+        ahead, so the nodes find work when they join; once over, the prefetch goes out)."""
         job = self.jobs.get(job_id)
-        if job is None or job.growth_status == status:
+        if job is None:
             return []
+        out: Out = []
+        if job.awaiting_nodes != awaiting:
+            job.awaiting_nodes = awaiting
+            if not awaiting:
+                out += self.dispatch(job)
+        if job.growth_status == status:
+            return out
         job.growth_status = status
-        if not job.client or job.finished:
-            return []
-        return [(job.client, protocol.Progress(job.job_id, job.slots, status))]
+        if job.client and not job.finished:
+            out.append((job.client, protocol.Progress(job.job_id, job.slots, status)))
+        return out
 
     def give_up(self, job_id: str, reason: str) -> Out:
         """No node can run the job and growth could not boot one: it fails with what was tried

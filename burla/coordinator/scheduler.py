@@ -316,9 +316,13 @@ class Scheduler(DetachedJobs, GrowingJobs):
         out: Out = []
         if job.stream.backlog_bytes >= MAX_BACKLOG_BYTES:
             return out  # the client is behind; let it catch up before more work runs
+        held: list[str] = []  # agents that keep their credit while nodes boot for the job
         while job.pending and job.ready:
             agent_id = next(iter(job.ready))
             del job.ready[agent_id]
+            if job.awaiting_nodes and job.running.get(agent_id, 0) >= job.allocations[agent_id]:
+                held.append(agent_id)  # no prefetch: the nodes booting for it get that work
+                continue
             job.credits[agent_id] -= 1
             if job.credits[agent_id] > 0:
                 job.ready[agent_id] = None  # back of the line
@@ -336,6 +340,7 @@ class Scheduler(DetachedJobs, GrowingJobs):
             out.append((self.nodes[agent_id].peer, protocol.Chunk(
                 job.job_id, chunk.chunk_id, chunk.attempt, chunk.first_index, chunk.count,
                 chunk.reported, False, data)))
+        job.ready.update(dict.fromkeys(held))
         return out
 
     def dispatch_all(self) -> Out:

@@ -138,3 +138,20 @@ def test_a_job_growth_gives_up_on_fails_with_what_was_tried():
     assert "--max-nodes" in failed.message
     assert "job" not in s.jobs and s.queued == []
     assert s.give_up("job", "again") == []
+
+
+def test_while_nodes_boot_for_a_job_its_agents_get_no_chunks_ahead():
+    s = Scheduler(b"secret")
+    hello_a = hello("a", cpus=1)
+    hello_a.info["prefetch"] = 2
+    s.add_node(b"agent-a", hello_a, NOW)
+    s.submit(CLIENT, "me", submit(grow=True, n_inputs=3), NOW)
+    job = s.jobs["job"]
+    s.growth_said("job", "booting 2× local-1", awaiting=True)
+    sent_chunks = [sent(s.add_inputs(job, protocol.InputChunk("job", i, 1, b"x")), protocol.Chunk)
+                   for i in range(3)]
+    # One chunk for its one slot; the other two wait for the nodes that boot.
+    assert [len(c) for c in sent_chunks] == [1, 0, 0]
+    # Its nodes are up (or growth gave up booting): the prefetch goes out at once.
+    out = s.growth_said("job", "", awaiting=False)
+    assert [c.first_index for c in sent(out, protocol.Chunk, b"agent-a")] == [1, 2]
