@@ -15,9 +15,11 @@ from typing import Any
 
 import psutil
 import pytest
+from typer.testing import CliRunner
 
 import burla
 from burla import remote_parallel_map
+from burla.cli import app
 from burla.coordinator.providers import local
 from tests.daemons import Cluster
 
@@ -149,7 +151,7 @@ def test_two_growing_jobs_at_once_boot_for_their_sum_and_never_double_book(
 def test_a_node_whose_agent_never_registers_is_deleted_at_the_boot_timeout(
         make_cluster: Callable[..., Cluster]) -> None:
     cluster = make_cluster(agents=0, coordinator_args=(
-        *LOCAL, "--boot-timeout", "4", "--local-node-command", SLEEPER))
+        *LOCAL, "--boot-timeout", "6", "--local-node-command", SLEEPER))
     outcome: dict[str, BaseException] = {}
 
     def call() -> None:
@@ -163,8 +165,14 @@ def test_a_node_whose_agent_never_registers_is_deleted_at_the_boot_timeout(
     # While it boots, `burla status` shows it.
     booting = until(lambda: cluster.status()["growth"]["booting"], what="a booting node")
     assert [(b["name"], b["machine_type"]) for b in booting] == [("burla-burla-1", "local-1")]
-    [job] = cluster.status()["jobs"]
-    assert job["grow"] and job["growth"] == "booting 1× local-1: 1 started here"
+    [job] = until(lambda: [j for j in cluster.status()["jobs"]
+                           if j["growth"] == "booting 1× local-1: 1 started here"])
+    assert job["grow"] and job["slots"] == 0
+    shown = CliRunner().invoke(app, ["status"], env=cluster.env())
+    assert shown.exit_code == 0, shown.output
+    assert "grows with the local provider, cluster burla" in shown.output
+    assert "booting burla-burla-1 (local-1), " in shown.output
+    assert "0 slots; booting 1× local-1: 1 started here" in shown.output  # the job's line
     [sleeper] = until(lambda: [p for p in psutil.process_iter(["cmdline"])
                                if "burla-burla-1" in " ".join(p.info["cmdline"] or [])])
     caller.join(timeout=60)
@@ -172,7 +180,7 @@ def test_a_node_whose_agent_never_registers_is_deleted_at_the_boot_timeout(
     error = outcome["error"]
     assert isinstance(error, burla.NoCompatibleNodes) and error.reason == "grow", error
     assert "none could be booted: VM burla-burla-1 (local-1): its agent did not register " \
-           "within --boot-timeout=4s" in str(error)
+           "within --boot-timeout=6s" in str(error)
     sleeper.wait(timeout=30)  # the delete that came with the timeout stops it
     until(lambda: node_dirs(cluster) == [], what="its directory removed")
 
