@@ -63,6 +63,7 @@ class Grower:
         self.nodes: dict[str, Node] = {}  # what the provider said of each node (its zone)
         self.booting_now: set[str] = set()  # names whose create call has not returned
         self.doomed: set[str] = set()  # deleted while their create call ran: delete once made
+        self.deleting_now: set[str] = set()  # names whose delete call has not returned
         self.deleted_at: dict[str, float] = {}  # names deleted lately, left to their delete
         self.listed = False  # a listing succeeded: the nodes of a previous run are adopted
         self.tasks: asyncio.TaskGroup | None = None
@@ -180,6 +181,9 @@ class Grower:
         if name in self.booting_now:  # its create call is still running: delete once made
             self.doomed.add(name)
             return
+        if name in self.deleting_now:  # asked twice (growth and the reaper): once is enough
+            return
+        self.deleting_now.add(name)
         try:
             node = self.nodes.get(name)
             if node is None:
@@ -189,6 +193,8 @@ class Grower:
         except Exception as exc:  # it stays counted as deleting; the reaper tries again later
             log.warning("node_delete_failed", node=name, reason=reason, error=str(exc))
             return
+        finally:
+            self.deleting_now.discard(name)
         log.info("node_deleted", node=name, reason=reason)
         self.nodes.pop(name, None)
         self.deleted_at[name] = time.monotonic()

@@ -6,14 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from burla import daemon_cli
+from burla import daemon_cli, growth_cli
 from burla.coordinator.config import GrowthConfig
 
 BASE = ["coordinator", "--state-dir", "/tmp/unused", "--token", "t"]
 
 
 def growth(*flags: str) -> GrowthConfig | None:
-    return daemon_cli.growth_config(daemon_cli.parser().parse_args([*BASE, *flags]))
+    return growth_cli.growth_config(daemon_cli.parser().parse_args([*BASE, *flags]))
 
 
 def refused(capsys: pytest.CaptureFixture[str], *flags: str) -> str:
