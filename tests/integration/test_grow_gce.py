@@ -160,6 +160,43 @@ def test_many_nodes_go_through_one_bulk_insert_under_growths_names(
     assert fake.wait_until(no_vms, timeout=60), cluster.logs()
 
 
+def double_once_open(gate: str, x: int) -> int:
+    deadline = time.monotonic() + 60
+    while not os.path.exists(gate) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return x * 2
+
+
+def test_a_slow_cloud_api_never_delays_a_running_jobs_results(
+        gce_cluster: Callable[..., Cluster], fake: FakeCompute, hooks: AgentHooks,
+        tmp_path: Path) -> None:
+    hooks.start_agents = False
+    fake.slow(pending_s=600)  # every operation stays PENDING: its boot waits on the cloud
+    cluster = gce_cluster()
+    cluster.start_agent(cpus=2)  # a node of its own, which the job starts on at once
+    gate = tmp_path / "the boot has begun"
+    inputs = [(str(gate), x) for x in range(20)]
+    results: list[Any] = []
+    job = threading.Thread(target=lambda: results.append(remote_parallel_map(
+        double_once_open, inputs, grow=True, spinner=False)))
+    job.start()
+    # Its calls wait until growth's boot is under way; then they finish, and so does the job.
+    asked = ("instances.insert", "instances.bulkInsert")
+    assert fake.wait_until(lambda f: any(f.calls[call] for call in asked), timeout=60), \
+        cluster.logs()
+    gate.touch()
+    job.join(timeout=60)
+
+    assert results == [[x * 2 for x in range(20)]]
+    # It finished while the VMs booted for it were still on their way.
+    assert fake.vms() == []
+    assert cluster.status()["growth"]["booting"], cluster.logs()
+    # And the coordinator stops at once, its boots given up (the next start's reaper finds
+    # what they made).
+    cluster.stop()
+    assert cluster.coordinator is not None and cluster.coordinator.returncode == 0
+
+
 def test_a_quota_error_fails_the_job_naming_the_quota(
         gce_cluster: Callable[..., Cluster], fake: FakeCompute) -> None:
     fake.exceed_quota("CPUS", 24)

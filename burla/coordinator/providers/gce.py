@@ -25,6 +25,7 @@ from burla.coordinator.providers.base import (
     BootReport,
     Node,
     NodeRequest,
+    ProviderError,
     StepCallback,
 )
 from burla.coordinator.providers.gce_boot import Boot
@@ -58,6 +59,7 @@ class GceProvider:
         self._region_zones: list[str] | None = None
         self._offered: dict[str, set[str]] = {}  # machine type -> zones that offer it
         self._stockouts: dict[tuple[str, str], float] = {}  # (zone, machine type) -> when
+        self._closed = threading.Event()  # the coordinator stops: boots stop waiting
         self._retry = Retry(predicate=if_transient_error, initial=config.retry_initial_s,
                             maximum=max(config.retry_initial_s, 10.0), multiplier=2.0,
                             timeout=config.retry_deadline_s)
@@ -97,6 +99,12 @@ class GceProvider:
         except api_exceptions.NotFound:
             return
         log.info("node_delete_requested", node=node.name, zone=node.zone)
+
+    def close(self) -> None:
+        """Boots in progress stop waiting on their operations (within one wait call), so a
+        stopping coordinator is not held up; the VMs they asked for carry the cluster's label,
+        and the next start's reaper finds them."""
+        self._closed.set()
 
     # -- what Boot uses ---------------------------------------------------------------------
 
@@ -147,6 +155,9 @@ class GceProvider:
         own ZoneOperationsClient: the library's own polling ignores a custom endpoint."""
         operations = self._clients().operations
         while operation.status != DONE:
+            if self._closed.is_set():
+                raise ProviderError(f"stopped waiting for operation {operation.name} in {zone}: "
+                                    f"the coordinator is stopping")
             left = deadline - time.monotonic()
             if left <= 0:
                 return None
