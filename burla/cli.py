@@ -112,7 +112,18 @@ def status() -> None:
                    f"{node['ram_gb']} GB{gpus}, Python {node['python_version']}")
     if not info["nodes"]:
         typer.echo("  no nodes")
+    growth = info.get("growth")
+    if growth:
+        typer.echo(f"  grows with the {growth['provider']} provider, cluster "
+                   f"{growth['cluster']} (new nodes dial {growth['nodes_dial']})")
+        for node in growth["booting"]:
+            note = f": {node['note']}" if node["note"] else ""
+            typer.echo(f"  booting {node['name']} ({node['machine_type']}), "
+                       f"{node['age_seconds']:.0f}s{note}")
+        for name in growth["deleting"]:
+            typer.echo(f"  deleting {name}")
     for job in info["jobs"]:
         total = "?" if job["total"] is None else job["total"]
+        said = f"; {job['growth']}" if job.get("growth") else ""
         typer.echo(f"  job {job['job_id']} {job['function']}: {job['done']}/{total} done, "
-                   f"{job['slots']} slots")
+                   f"{job['slots']} slots{said}")

@@ -17,7 +17,7 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from burla import endpoints
+from burla import endpoints, growth_cli
 
 if TYPE_CHECKING:
     from burla.agent.config import AgentConfig
@@ -104,8 +104,9 @@ def _coordinator_parser(commands: Any) -> None:
                          help="also run this machine's agent in this process, its state in "
                               "STATE_DIR (the embedded cluster: one interpreter's start, "
                               "not two)")
+    growth_cli.add_options(command)
     _add_log_level(command)
-    command.set_defaults(run=_run_coordinator)
+    command.set_defaults(run=_run_coordinator, error=command.error)
 
 
 def _agent_parser(commands: Any) -> None:
@@ -207,11 +208,12 @@ def _run_coordinator(args: argparse.Namespace) -> None:
     from burla.coordinator.config import CoordinatorConfig
 
     args.command_name = "coordinator"
+    growth = growth_cli.growth_config(args)
     secret = _read_token(args)
     owner = service.default_owner()
     args.state_dir.mkdir(parents=True, exist_ok=True)
     config = CoordinatorConfig(args.endpoint, args.state_dir, secret, {secret: owner}, owner,
-                               args.idle_timeout)
+                               args.idle_timeout, growth)
     if args.local_agent is None:
         _serve("coordinator", args.log_level, service.run(config))
     else:

@@ -11,7 +11,8 @@ class NoNodes(BurlaError):
     """The cluster has no nodes at all.
 
     Recover: start an agent for it (`burla agent --coordinator ENDPOINT`), or use the embedded
-    cluster (unset BURLA_CLUSTER; `burla local up`). (`grow=True` boots nothing yet.)
+    cluster (unset BURLA_CLUSTER; `burla local up`). On a coordinator with a node provider,
+    `grow=True` boots nodes instead, and the message says so where it can.
     """
 
 
@@ -19,7 +20,9 @@ class NoCompatibleNodes(BurlaError):
     """No node can run this job: wrong image, GPU type, Python version, or too little CPU/RAM.
 
     The message names the request and what the nodes do offer. Recover: change the request to
-    fit a node, or add a node that fits (`burla agent`). (`grow=True` boots nothing yet.)
+    fit a node, or add a node that fits (`burla agent`). It advises `grow=True` only where the
+    coordinator's provider could boot a node that fits. `reason` is "grow" when a grow=True job
+    failed because no node could be booted for it; the message lists what was tried.
     """
 
     def __init__(self, message: str, reason: str = "") -> None:

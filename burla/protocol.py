@@ -17,7 +17,7 @@ from burla.frames import encode as encode
 from burla.frames import message_types as message_types
 
 # Bumped on any incompatible change to a message; travels in every Hello.
-PROTOCOL_VERSION = 5
+PROTOCOL_VERSION = 6
 
 
 # --- handshake and control, all roles -------------------------------------------------------
@@ -257,10 +257,13 @@ class Cancel(Message):
 @message("progress")
 @dataclasses.dataclass(frozen=True, slots=True)
 class Progress(Message):
-    """Calls of the job running right now (for the spinner)."""
+    """Calls of the job running right now, and what growth is doing for it (for the spinner):
+    `status` is e.g. "booting 3× n2-standard-8: us-central1-a exhausted, trying us-central1-b",
+    or "" when there is nothing to say."""
 
     job_id: str
     running: int
+    status: str
 
 
 @message("job_failed")

@@ -58,12 +58,14 @@ def make_cluster(
     with ExitStack() as stack:
 
         def make(agents: int = 1, cpus: int = 2, agent_args: tuple[str, ...] = (),
-                 coordinator_state: Path | None = None) -> Cluster:
-            """`coordinator_state`: the coordinator's state dir (default: in the cluster's)."""
+                 coordinator_state: Path | None = None,
+                 coordinator_args: tuple[str, ...] = ()) -> Cluster:
+            """`coordinator_state`: the coordinator's state dir (default: in the cluster's);
+            `coordinator_args`: more flags for it (e.g. --provider local)."""
             root = tmp_path / f"cluster{len(stack._exit_callbacks)}"
             root.mkdir()
             made = stack.enter_context(running_cluster(root, agents, cpus, agent_args,
-                                                       coordinator_state))
+                                                       coordinator_state, coordinator_args))
             for key, value in made.env().items():
                 monkeypatch.setenv(key, value)
             return made

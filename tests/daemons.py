@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -210,6 +211,17 @@ class Cluster:
     def env(self) -> dict[str, str]:
         return {"BURLA_CLUSTER": self.endpoint, "BURLA_API_KEY": self.token}
 
+    def events(self, event: str) -> list[dict[str, Any]]:
+        """The coordinator's log records of `event` so far (its log is one JSON object a
+        line), e.g. "node_added" for each agent that registered."""
+        found = []
+        for line in (self.root / "coordinator.log").read_text().splitlines():
+            with contextlib.suppress(ValueError):
+                record = json.loads(line)
+                if isinstance(record, dict) and record.get("event") == event:
+                    found.append(record)
+        return found
+
     def logs(self) -> str:
         return "\n".join(f"--- {p.name}\n{p.read_text()}" for p in sorted(self.root.glob("*.log")))
 
@@ -237,10 +249,11 @@ class Cluster:
 @contextlib.contextmanager
 def running_cluster(root: Path, agents: int = 1, cpus: int = 2,
                     agent_args: tuple[str, ...] = (),
-                    coordinator_state: Path | None = None) -> Iterator[Cluster]:
+                    coordinator_state: Path | None = None,
+                    coordinator_args: tuple[str, ...] = ()) -> Iterator[Cluster]:
     cluster = Cluster(root, state=coordinator_state)
     try:
-        cluster.start_coordinator()
+        cluster.start_coordinator(*coordinator_args)
         for _ in range(agents):
             cluster.start_agent(*agent_args, cpus=cpus)
         yield cluster

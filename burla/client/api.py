@@ -300,8 +300,11 @@ def _batches(
             elif kind == "total":
                 total = payload
                 display.update(total=total)
-            elif kind in ("accepted", "progress"):
+            elif kind == "accepted":
                 display.update(running=payload)
+            elif kind == "progress":
+                running, status = payload
+                display.update(running=running, status=status)
             elif kind == "error":
                 raise payload
     except KeyboardInterrupt:

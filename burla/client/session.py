@@ -49,6 +49,9 @@ EARLY_WINDOW_BYTES = 1024 * 1024
 # the coordinator's 32 MB result window keeps its sending going.
 ACK_BYTES = 8 * 1024 * 1024
 ACK_SECONDS = 0.1
+# A grow=True job's chunks are cut for at most this many slots (the coordinator's bound on
+# what one job with an unknown input count asks growth for: demand.UNKNOWN_DEMAND_CALLS).
+GROW_SIZING_SLOTS = 1000
 # Parallelism each cluster last granted, so early chunks are sized for it.
 _LAST_GRANT: dict[str, int] = {}
 # Job threads are kept between calls: starting a thread costs more than a small job's round trip.
@@ -77,8 +80,8 @@ class JobSpec:
 
 
 class JobSession:
-    """Events put on `events`: ("accepted", slots), ("progress", running), ("total", n),
-    ("results", (generation, seq, Batch)), ("error", exception)."""
+    """Events put on `events`: ("accepted", slots), ("progress", (running, growth status)),
+    ("total", n), ("results", (generation, seq, Batch)), ("error", exception)."""
 
     def __init__(
         self,
@@ -335,7 +338,7 @@ class JobSession:
         elif isinstance(msg, protocol.UploadCredit):
             self.window += msg.nbytes
         elif isinstance(msg, protocol.Progress):
-            self.events.put(("progress", msg.running))
+            self.events.put(("progress", (msg.running, msg.status)))
         elif isinstance(msg, protocol.Welcome):
             self.welcomed = True
         elif isinstance(msg, protocol.Accept):
@@ -343,7 +346,7 @@ class JobSession:
             self.window = msg.upload_window - self.sent_early
             _LAST_GRANT[self.address.endpoint] = max(1, msg.parallelism)
             if self.chunker is not None:
-                self.chunker.slots = max(1, msg.parallelism)
+                self.chunker.slots = self._sizing_slots(msg.parallelism)
             if msg.total >= 0:
                 self._set_total(msg.total)
             self.events.put(("accepted", msg.parallelism))
@@ -371,6 +374,17 @@ class JobSession:
             self.events.put(("error", error_for(msg.kind, msg.message)))
             return True
         return False
+
+    def _sizing_slots(self, granted: int) -> int:
+        """The slots chunks are cut for: those granted, or for a grow=True job the calls it
+        may run once its nodes are up. Its inputs are cut while they boot, and chunks cut for
+        the slots it has at first would leave nothing for the nodes that join."""
+        slots = max(1, granted)
+        if self.spec is None or not self.spec.grow or self.chunker is None:
+            return slots
+        bounds = [GROW_SIZING_SLOTS, self.chunker.total or GROW_SIZING_SLOTS,
+                  self.spec.max_parallelism or GROW_SIZING_SLOTS]
+        return max(slots, min(bounds))
 
     def _results(self, msg: protocol.Results) -> None:
         fresh = self.ledger.accept(msg.first_index, msg.count)

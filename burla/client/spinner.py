@@ -48,6 +48,7 @@ class Display:
         self.done = 0
         self.total: int | None = None
         self.running = 0  # slots the job holds
+        self.status = ""  # what the cluster's growth says, e.g. "booting 3× n2-standard-8"
         self._clock = clock
         self.started = clock()
         self._width = width
@@ -108,15 +109,17 @@ class Display:
             Display._drawing = None
 
     def update(self, *, done: int | None = None, total: int | None = None,
-               running: int | None = None) -> None:
-        """New counts from the job. Once a frame has shown, the one that shows the job
-        complete is drawn at once: the last frame is true."""
+               running: int | None = None, status: str | None = None) -> None:
+        """New counts from the job, and growth's words (`status`). Once a frame has shown,
+        the one that shows the job complete is drawn at once: the last frame is true."""
         if done is not None:
             self.done = done
         if total is not None:
             self.total = total
         if running is not None:
             self.running = running
+        if status is not None:
+            self.status = status
         if self._shown and self.total is not None and self.done >= self.total:
             with self._lock:
                 self._draw()
@@ -141,6 +144,8 @@ class Display:
                                                                self.total - self.done)
         parts.append(f"{max(running, 0)} running")
         parts.append(duration_text(elapsed))
+        if self.status and not complete:  # last: a narrow terminal cuts it, not the counts
+            parts.append(self.status)
         return " · ".join(parts)
 
     def write_logs(self, entries: list[list[Any]]) -> None:

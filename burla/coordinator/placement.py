@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 
 from burla.coordinator.state import Node, Request
 
-# What to do when no node fits (grow=True boots nothing yet, so it is not advised).
+# What to do when no node fits. grow=True is not advised here: the scheduler adds that advice
+# only where growth could boot a node for the job (`growing.GrowingJobs.refusal`).
 FIT_ADVICE = ("Change the request to fit a node, or start an agent that fits on another "
                "machine (`burla agent --coordinator ENDPOINT --token-file FILE`).")
 
@@ -53,11 +54,14 @@ def incompatibility(request: Request, nodes: Iterable[Node]) -> tuple[str, str] 
     return None
 
 
-def eligible(request: Request, nodes: Iterable[Node]) -> list[Node]:
-    """Nodes that could run a call of `request`, most free CPUs first."""
+def eligible(request: Request, nodes: Iterable[Node],
+             draining: Collection[str] = ()) -> list[Node]:
+    """Nodes that could run a call of `request`, most free CPUs first; none of `draining`
+    (nodes being deleted)."""
     fits = [
         n for n in nodes
-        if n.python_version == request.python_version
+        if n.agent_id not in draining
+        and n.python_version == request.python_version
         and (not request.image or n.image == request.image)
         and (not request.func_gpu or request.func_gpu in n.gpus)
         and request.slots_on(n, free_only=False) > 0

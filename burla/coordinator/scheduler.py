@@ -24,6 +24,7 @@ from burla.coordinator import ended, placement
 from burla.coordinator.delivery import ResultStream
 from burla.coordinator.detached import DetachedJobs, Out, cannot_detach
 from burla.coordinator.functions import FunctionCache, nbytes
+from burla.coordinator.growing import CouldGrow, GrowingJobs
 from burla.coordinator.jobstore import JobStore
 from burla.coordinator.state import ChunkState, Job, Node, Request
 from burla.coordinator.storefile import StoreError
@@ -38,11 +39,16 @@ MAX_BACKLOG_BYTES = 64 * 1024 * 1024
 MAX_PREFETCH = 16
 
 
-class Scheduler(DetachedJobs):
-    """Nodes, jobs and slots; detached jobs' own handling is the `DetachedJobs` mixin's."""
+class Scheduler(DetachedJobs, GrowingJobs):
+    """Nodes, jobs and slots; detached jobs' own handling is the `DetachedJobs` mixin's, and
+    grow=True jobs' the `GrowingJobs` mixin's. `could_grow` is growth's pure answer to whether
+    it could boot a node for a shape (None: no provider, grow=True boots nothing)."""
 
-    def __init__(self, secret: bytes, store: JobStore | None = None) -> None:
+    def __init__(self, secret: bytes, store: JobStore | None = None,
+                 could_grow: CouldGrow | None = None) -> None:
         self.secret = secret
+        self.could_grow = could_grow
+        self.draining: set[str] = set()  # nodes growth is deleting: no new work goes there
         self.store = store or JobStore(":memory:")
         self.nodes: dict[str, Node] = {}
         self.peers: dict[bytes, str] = {}  # agent routing id -> agent_id
@@ -68,7 +74,7 @@ class Scheduler(DetachedJobs):
         )
         self.peers[peer] = info["agent_id"]
         log.info("node_added", agent=info["agent_id"], cpus=info["cpus"])
-        return out + self.allocate_queued()
+        return out + self.allocate_queued() + self.allocate_joined()
 
     def lose_node(self, agent_id: str, why: str) -> Out:
         """Forget a node; its in-flight chunks go back to the front of their queues."""
@@ -122,22 +128,14 @@ class Scheduler(DetachedJobs):
         elif msg.function_hash not in self.functions:
             return [(peer, protocol.NeedFunction(msg.job_id))]
         self.functions.touch(msg.function_hash, self.live_functions)
-        if not self.nodes:
-            return [(peer, protocol.Refuse(
-                "no_nodes",
-                "the cluster has no nodes. Start an agent for it on a machine (`burla agent "
-                "--coordinator ENDPOINT --token-file FILE`), or use the embedded cluster "
-                "(`burla local up`, with BURLA_CLUSTER unset).",
-                msg.job_id))]
         request = Request(msg.func_cpu, msg.func_ram, msg.func_gpu, msg.image, msg.python_version)
-        problem = placement.incompatibility(request, self.nodes.values())
-        if problem is not None:
-            kind, text = problem
-            return [(peer, protocol.Refuse(f"no_compatible_nodes:{kind}", text, msg.job_id))]
+        refusal = self.refusal(msg, request, now)
+        if refusal is not None:
+            return [(peer, refusal)]
         job = Job(
             msg.job_id, owner, msg.function_hash, msg.function_name, request,
             msg.max_parallelism, msg.detach, msg.parent_job, self.job_token(msg.job_id), now, now,
-            ResultStream(msg.job_id, peer), announced=msg.n_inputs,
+            ResultStream(msg.job_id, peer), announced=msg.n_inputs, grow=msg.grow,
         )
         if job.detach:
             try:
@@ -169,15 +167,15 @@ class Scheduler(DetachedJobs):
         out += job.stream.reattach(peer, replay)
         return out + self.ack_settled(job)
 
-    def allocate(self, job: Job, *, report: bool = True) -> Out:
-        """Give `job` free slots up to its cap; nested jobs borrow one slot when none are free.
-        `report`: tell its client the new slot count with a Progress."""
+    def allocate(self, job: Job, *, report: bool = True, limit: int | None = None) -> Out:
+        """Give `job` free slots up to its cap (and `limit` more); nested jobs borrow one slot
+        when none are free. `report`: tell its client the new slot count with a Progress."""
         cap = job.max_parallelism or 1 << 30
-        wanted = cap - job.slots
+        wanted = cap - job.slots if limit is None else min(cap - job.slots, limit)
         out: Out = []
         if wanted <= 0 or job.finished:
             return out
-        nodes = placement.eligible(job.request, self.nodes.values())
+        nodes = placement.eligible(job.request, self.nodes.values(), self.draining)
         for node in nodes:
             take = min(wanted, job.request.slots_on(node, free_only=True))
             if take > 0:
@@ -192,7 +190,7 @@ class Scheduler(DetachedJobs):
         elif job.slots and job.job_id in self.queued:
             self.queued.remove(job.job_id)
         if out and job.client and report:
-            out.append((job.client, protocol.Progress(job.job_id, job.slots)))
+            out.append((job.client, protocol.Progress(job.job_id, job.slots, job.growth_status)))
         return out + self.dispatch(job)
 
     def assign(self, job: Job, node: Node, slots: int) -> Out:
@@ -318,9 +316,13 @@ class Scheduler(DetachedJobs):
         out: Out = []
         if job.stream.backlog_bytes >= MAX_BACKLOG_BYTES:
             return out  # the client is behind; let it catch up before more work runs
+        held: list[str] = []  # agents that keep their credit while nodes boot for the job
         while job.pending and job.ready:
             agent_id = next(iter(job.ready))
             del job.ready[agent_id]
+            if job.awaiting_nodes and job.running.get(agent_id, 0) >= job.allocations[agent_id]:
+                held.append(agent_id)  # no prefetch: the nodes booting for it get that work
+                continue
             job.credits[agent_id] -= 1
             if job.credits[agent_id] > 0:
                 job.ready[agent_id] = None  # back of the line
@@ -338,6 +340,7 @@ class Scheduler(DetachedJobs):
             out.append((self.nodes[agent_id].peer, protocol.Chunk(
                 job.job_id, chunk.chunk_id, chunk.attempt, chunk.first_index, chunk.count,
                 chunk.reported, False, data)))
+        job.ready.update(dict.fromkeys(held))
         return out
 
     def dispatch_all(self) -> Out:
@@ -415,7 +418,8 @@ class Scheduler(DetachedJobs):
                 out += self.release(job, agent_id, kill=False)
         if out:
             if job.client and not job.finished:  # a finished job's last results say enough
-                out.append((job.client, protocol.Progress(job.job_id, job.slots)))
+                out.append((job.client, protocol.Progress(job.job_id, job.slots,
+                                                          job.growth_status)))
             out += self.allocate_queued()
         return out
 

@@ -2,7 +2,8 @@
 
 This layer authenticates peers, routes each message to the scheduler handler for its type,
 sends what the scheduler returns, and keeps time (heartbeats, dead peers, idle shutdown).
-Decisions about jobs and slots are the scheduler's, never made here.
+Decisions about jobs and slots are the scheduler's, never made here; with a provider, the
+`Grower` carries out growth's (boots, deletes, the reaper) as a loop beside the tick.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import zmq
 from burla import __version__, channel, daemon, protocol, systemd, transport, unsent
 from burla.config import CLIENT_FORGET_SECONDS, PING_INTERVAL_SECONDS
 from burla.coordinator.config import CoordinatorConfig
+from burla.coordinator.grower import Grower
 from burla.coordinator.jobstore import JobStore
 from burla.coordinator.scheduler import Out, Scheduler
 from burla.coordinator.storefile import StoreError
@@ -39,6 +41,8 @@ class Coordinator:
         self.store = JobStore(config.state_dir / "jobs.sqlite3")
         self.scheduler = Scheduler(os.urandom(32), self.store)
         self.scheduler.restore(time.monotonic())
+        self.grower = (Grower(config.growth, self.scheduler, self.send_all)
+                       if config.growth is not None else None)
         self.clients: dict[bytes, str] = {}  # peer -> owner, after a good Hello
         self.client_seen: dict[bytes, float] = {}
         self.agent_last_ping = 0.0
@@ -63,8 +67,12 @@ class Coordinator:
         self.listening.set()
         log.info("coordinator_listening", endpoint=self.endpoint, session=self.session)
         systemd.notify(ready="1", status=f"listening {self.endpoint}", mainpid=str(os.getpid()))
+        loops = [self.tick()]
+        if self.grower is not None:
+            loops.append(self.grower.run(self.endpoint, self.config.agent_token,
+                                         self.config.state_dir))
         try:
-            await daemon.run_until(self.stopping, self.tick())
+            await daemon.run_until(self.stopping, *loops)
         finally:
             if self.stop_agents:
                 for node in self.scheduler.nodes.values():
@@ -175,6 +183,8 @@ class Coordinator:
                 self.channel.send(protocol.Refuse("unauthorized", "bad cluster token", ""), peer)
                 return
             self.send_all(self.scheduler.add_node(peer, msg, now))
+            if self.grower is not None:
+                self.grower.poke()
         else:
             owner = self.authenticate(msg.token)
             if owner is None:
@@ -197,6 +207,8 @@ class Coordinator:
     # --- client messages ------------------------------------------------------------------------
 
     def on_submit(self, peer: bytes, owner: str, msg: protocol.Submit) -> Out:
+        if self.grower is not None:
+            self.grower.poke()
         return self.scheduler.submit(peer, owner, msg, time.monotonic())
 
     def on_input_chunk(self, peer: bytes, owner: str, msg: protocol.InputChunk) -> Out:
@@ -253,9 +265,11 @@ class Coordinator:
                 {"job_id": j.job_id, "owner": j.owner, "function": j.function_name,
                  "slots": j.slots, "done": j.done, "total": j.total, "uploaded": j.uploaded,
                  "detach": j.detach, "client": bool(j.client), "finished": j.finished,
-                 "age_seconds": round(time.monotonic() - j.submitted_at, 1)}
+                 "age_seconds": round(time.monotonic() - j.submitted_at, 1), "grow": j.grow,
+                 "growth": j.growth_status}
                 for j in scheduler.jobs.values() if j.owner == owner
             ],
+            "growth": self.grower.status() if self.grower is not None else None,
         }
         return [(peer, protocol.StatusReply(info))]
 

@@ -109,6 +109,11 @@ class Job:
     ready: dict[str, None] = field(default_factory=dict)  # agents with credit, round-robin order
     running: dict[str, int] = field(default_factory=dict)  # agent_id -> chunks in flight there
     duplicates: int = 0
+    grow: bool = False  # growth may boot nodes for it (its Submit's grow=True)
+    growth_status: str = ""  # what growth last said of it, as its client was told
+    # Nodes are booting for it: its agents get no chunks ahead (prefetch), so that the work
+    # left is there for those nodes when they join.
+    awaiting_nodes: bool = False
 
     @property
     def client(self) -> bytes:

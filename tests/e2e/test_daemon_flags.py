@@ -16,6 +16,8 @@ pytestmark = pytest.mark.timeout(60)
     (["coordinator", "--endpoint", "notaurl"], "'notaurl'", "tcp://HOST:PORT"),
     (["agent", "--coordinator", "notaurl"], "'notaurl'", "tcp://HOST:PORT"),
     (["agent", "--coordinator", "tcp://10.0.0.2:0"], "port 0", "1-65535"),
+    (["coordinator", "--provider", "local", "--max-nodes", "-1"], "'-1'", ">= 0"),
+    (["coordinator", "--max-nodes", "3"], "--max-nodes", "needs --provider"),
 ])
 def test_a_bad_endpoint_is_refused_in_one_line(tmp_path, args, named, expected) -> None:
     done = subprocess.run([sys.executable, "-m", "burla", *args, "--state-dir", str(tmp_path)],

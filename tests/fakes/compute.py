@@ -1,8 +1,9 @@
 """A fake Compute Engine API on loopback with the real JSON, operation life cycle and faults.
 
-It serves instances (insert, bulkInsert, get, list, aggregatedList, delete), zone operations
-(get, wait), zones and machine types, for the real google-cloud-compute client. Errors that
-the real API reports inside an operation arrive inside the operation here too. Tests only.
+It serves instances (insert, bulkInsert by namePattern or by perInstanceProperties names, get,
+list, aggregatedList, delete), zone operations (get, wait), zones and machine types, for the
+real google-cloud-compute client. Errors that the real API reports inside an operation arrive
+inside the operation here too. Tests only.
 """
 
 from __future__ import annotations
@@ -253,19 +254,23 @@ class FakeCompute(FaultsMixin, ZoneRoutes):
             "count", 0)))
         pattern = str(body.get("namePattern", ""))
         properties = dict(body.get("instanceProperties") or {})
-        if not 1 <= min_count <= count or "#" not in pattern:
+        named = list(body.get("perInstanceProperties") or {})  # names asked for, in order
+        if not 1 <= min_count <= count or ("#" not in pattern and len(named) != count):
             raise ApiError(400, f"Invalid value for field 'resource': count={count}, "
-                                f"minCount={min_count}, namePattern='{pattern}'.")
+                                f"minCount={min_count}, namePattern='{pattern}', "
+                                f"perInstanceProperties={len(named)} names.")
         machine = str(properties.get("machineType", ""))
         if "/" in machine:
             raise ApiError(400, f"Invalid value for field 'resource.instanceProperties."
                                 f"machineType': '{machine}'. Give a machine type name.")
-        self._check_permission("compute.instances.create", zone, pattern)
+        self._check_permission("compute.instances.create", zone, pattern or named[0])
         with self._lock:
             request_id = self._request_id(request, "bulkInsert")
             if (op := self._request_ids.get((zone, request_id))) is not None:
                 return self._reply(op)
-            names = self._names(zone, pattern, count)
+            if named:
+                self._claim_names(zone, named)
+            names = named or self._names(zone, pattern, count)
             properties["machineType"] = f"zones/{zone}/machineTypes/{machine}"
             vms = [self._vm(zone, n, {**properties, "name": n}) for n in names]
             fault, made_count = self._outcome(zone, vms[0].spot, count, min_count)

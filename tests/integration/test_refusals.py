@@ -57,7 +57,8 @@ def test_no_compatible_nodes_says_why_and_what_works_today(cluster, kwargs, reas
         remote_parallel_map(identity, [1], spinner=False, grow=grow, **kwargs)
     assert caught.value.reason == reason
     assert says in str(caught.value)
-    # grow=True boots nothing yet, so it is never advised; starting an agent that fits works.
+    # This cluster's coordinator has no provider, so grow=True cannot help and is never
+    # advised; starting an agent that fits works.
     assert "grow" not in str(caught.value)
     assert "`burla agent --coordinator ENDPOINT --token-file FILE`" in str(caught.value)
     assert "agent0" in str(caught.value) or reason != "resources"

@@ -208,3 +208,21 @@ def test_the_rate_is_a_readable_number_for_fast_and_slow_calls(
 def test_durations_read_as_a_clock() -> None:
     assert [duration_text(s) for s in (0.4, 59.9, 61, 3599, 3700)] == [
         "0s", "59s", "1m01s", "59m59s", "1h01m"]
+
+
+def test_growths_words_come_last_and_a_narrow_terminal_cuts_them_not_the_counts() -> None:
+    clock = Clock()
+    display = Display(True, "f", terminal=FakeTerminal(), clock=clock, width=WIDTH,
+                      animate=False)
+    display.update(total=9, running=0, status="booting 3× n2-standard-8: us-central1-a "
+                                                "exhausted, trying us-central1-b")
+    assert display.frame() == ("⠋ f: 0/9 done · 0 running · 0s · booting 3× n2-standard-8: "
+                               "us-central1-a exhausted, trying us-central1-b")
+    with on_terminal() as terminal:
+        with _display(terminal, clock) as narrow:
+            narrow.update(total=9, running=0, status=display.status)
+            narrow.tick()
+        assert Screen(terminal.getvalue().split("\r", 1)[1].removesuffix(ERASE_LINE),
+                      WIDTH).lines == ["⠋ f: 0/9 done · 0 running · 0s · booting 3× n2-st"]
+    display.update(status="")  # the nodes joined: nothing to say
+    assert display.frame() == "⠋ f: 0/9 done · 0 running · 0s"

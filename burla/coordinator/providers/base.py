@@ -23,6 +23,9 @@ class NodeRequest:
     `zones` is the order of preference; empty means every zone of the region that offers the
     type. `spot_fallback` retries as standard VMs when no zone has spot capacity. `gpu` is the
     GPU type the machine type brings (e.g. "A100_40G"), which picks the driver boot image.
+    `names`, when given (one per node), are the nodes' names, which their agents register
+    under; empty lets the provider name them. `python_version` is the Python minor version
+    their agents must run (the caller's; "" for the provider's own).
     """
 
     machine_type: str
@@ -31,10 +34,16 @@ class NodeRequest:
     spot: bool = False
     spot_fallback: bool = False
     gpu: str | None = None
+    names: tuple[str, ...] = ()
+    python_version: str = ""
 
     def __post_init__(self) -> None:
         if self.count < 1:
             raise ValueError(f"a NodeRequest asks for at least 1 node, got count={self.count}")
+        if self.names and (len(self.names) != self.count or len(set(self.names)) != self.count):
+            raise ValueError(f"a NodeRequest for {self.count} nodes names {len(self.names)} "
+                             f"({len(set(self.names))} different): give one distinct name "
+                             f"per node, or none")
         if self.spot_fallback and not self.spot:
             raise ValueError("spot_fallback=True needs spot=True: it falls back from spot VMs")
 

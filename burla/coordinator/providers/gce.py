@@ -25,6 +25,7 @@ from burla.coordinator.providers.base import (
     BootReport,
     Node,
     NodeRequest,
+    ProviderError,
     StepCallback,
 )
 from burla.coordinator.providers.gce_boot import Boot
@@ -58,6 +59,7 @@ class GceProvider:
         self._region_zones: list[str] | None = None
         self._offered: dict[str, set[str]] = {}  # machine type -> zones that offer it
         self._stockouts: dict[tuple[str, str], float] = {}  # (zone, machine type) -> when
+        self._closed = threading.Event()  # the coordinator stops: boots stop waiting
         self._retry = Retry(predicate=if_transient_error, initial=config.retry_initial_s,
                             maximum=max(config.retry_initial_s, 10.0), multiplier=2.0,
                             timeout=config.retry_deadline_s)
@@ -98,6 +100,12 @@ class GceProvider:
             return
         log.info("node_delete_requested", node=node.name, zone=node.zone)
 
+    def close(self) -> None:
+        """Boots in progress stop waiting on their operations (within one wait call), so a
+        stopping coordinator is not held up; the VMs they asked for carry the cluster's label,
+        and the next start's reaper finds them."""
+        self._closed.set()
+
     # -- what Boot uses ---------------------------------------------------------------------
 
     def zones_for(self, machine_type: str, preferred: tuple[str, ...]) -> list[str]:
@@ -117,12 +125,13 @@ class GceProvider:
             self._stockouts[zone, machine_type] = time.monotonic()
 
     def insert(self, request: NodeRequest, zone: str, count: int, spot: bool,
-               batch: str) -> list[compute_v1.Operation]:
+               batch: str, names: list[str] | None = None) -> list[compute_v1.Operation]:
         """Start `count` VMs of one batch: bulkInsert above the threshold, else one insert
-        each. Every call carries a requestId, and a retry sends the same one."""
+        each. `names` (one per VM) names them; else the batch's pattern does. Every call
+        carries a requestId, and a retry sends the same one."""
         config, instances = self.config, self._clients().instances
         if count > config.bulk_threshold:
-            resource = gce_resources.bulk_insert(config, request, count, spot, batch)
+            resource = gce_resources.bulk_insert(config, request, count, spot, batch, names)
             bulk = compute_v1.BulkInsertInstanceRequest(
                 project=config.project, zone=zone, bulk_insert_instance_resource_resource=resource,
                 request_id=str(uuid.uuid4()))
@@ -130,7 +139,8 @@ class GceProvider:
                                request)]
         operations = []
         for number in range(1, count + 1):
-            name = gce_resources.node_name(config.cluster_name, batch, number)
+            name = names[number - 1] if names else gce_resources.node_name(
+                config.cluster_name, batch, number)
             vm = gce_resources.instance(config, request, zone, name, spot, batch)
             one = compute_v1.InsertInstanceRequest(project=config.project, zone=zone,
                                                    instance_resource=vm,
@@ -145,6 +155,9 @@ class GceProvider:
         own ZoneOperationsClient: the library's own polling ignores a custom endpoint."""
         operations = self._clients().operations
         while operation.status != DONE:
+            if self._closed.is_set():
+                raise ProviderError(f"stopped waiting for operation {operation.name} in {zone}: "
+                                    f"the coordinator is stopping")
             left = deadline - time.monotonic()
             if left <= 0:
                 return None

@@ -51,6 +51,7 @@ class Boot:
         self.request = request
         self.on_step = on_step
         self.wanted = request.count
+        self.names = list(request.names)  # the names not yet made (none: the batch names them)
         self.nodes: list[Node] = []
         self.steps: list[BootStep] = []
         self.attempts: list[Attempt] = []
@@ -102,7 +103,8 @@ class Boot:
         while self.wanted > 0:
             batch = gce_resources.new_batch()
             count = min(self.wanted, gce_resources.BULK_MAX)
-            operations = provider.insert(self.request, zone, count, spot, batch)
+            names = self.names[:count]
+            operations = provider.insert(self.request, zone, count, spot, batch, names)
             deadline = time.monotonic() + provider.config.operation_timeout_s
             faults: list[OperationFault] = []
             timed_out = None
@@ -115,6 +117,8 @@ class Boot:
             made = provider.batch_nodes(zone, batch) if len(faults) < len(operations) else []
             self.nodes += made
             self.wanted -= len(made)
+            made_names = {node.name for node in made}
+            self.names = [name for name in self.names if name not in made_names]
             made_here += len(made)
             if made:
                 self._step("created", zone, f"{_vms(len(made))} started in {zone}", len(made))

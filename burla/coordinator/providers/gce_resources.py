@@ -7,6 +7,7 @@ from datetime import datetime
 
 from google.cloud import compute_v1
 
+from burla import __version__
 from burla.coordinator.providers import catalog
 from burla.coordinator.providers.base import CLUSTER_LABEL, Node, NodeRequest
 from burla.coordinator.providers.gce_config import GceConfig
@@ -18,6 +19,9 @@ BATCH_LABEL = "burla-batch"
 COORDINATOR_KEY = "burla-coordinator"
 TOKEN_KEY = "burla-token"
 STARTUP_SCRIPT_KEY = "startup-script"
+# What the startup script installs: the cluster's exact burla, and the caller's Python minor.
+VERSION_KEY = "burla-version"
+PYTHON_KEY = "burla-python"
 # Deep Learning VM images install the NVIDIA driver at first boot when this is set.
 INSTALL_DRIVER_KEY = "install-nvidia-driver"
 # The API scope that lets a VM's service account call Compute (an orphaned agent deletes its
@@ -61,9 +65,12 @@ def scheduling(request: NodeRequest, spot: bool) -> compute_v1.Scheduling:
                                  automatic_restart=True)
 
 
-def _metadata(config: GceConfig, gpu: bool) -> compute_v1.Metadata:
+def _metadata(config: GceConfig, request: NodeRequest, gpu: bool) -> compute_v1.Metadata:
     items = {COORDINATOR_KEY: config.coordinator_endpoint, TOKEN_KEY: config.token,
              STARTUP_SCRIPT_KEY: config.startup_script}
+    if request.python_version:  # a request from growth: the VMs run the job's Python
+        items[VERSION_KEY] = __version__
+        items[PYTHON_KEY] = request.python_version
     if gpu:
         items[INSTALL_DRIVER_KEY] = "True"
     return compute_v1.Metadata(items=[compute_v1.Items(key=k, value=v) for k, v in items.items()])
@@ -85,7 +92,7 @@ def _common(config: GceConfig, request: NodeRequest, spot: bool, batch: str) -> 
                                                       type_="ONE_TO_ONE_NAT")]
     return {
         "labels": {CLUSTER_LABEL: config.cluster_name, BATCH_LABEL: batch},
-        "metadata": _metadata(config, gpu),
+        "metadata": _metadata(config, request, gpu),
         "disks": [disk],
         "network_interfaces": [nic],
         "service_accounts": [compute_v1.ServiceAccount(email=config.service_account,
@@ -103,12 +110,18 @@ def instance(config: GceConfig, request: NodeRequest, zone: str, name: str, spot
         **_common(config, request, spot, batch))
 
 
-def bulk_insert(config: GceConfig, request: NodeRequest, count: int, spot: bool,
-                batch: str) -> compute_v1.BulkInsertInstanceResource:
+def bulk_insert(config: GceConfig, request: NodeRequest, count: int, spot: bool, batch: str,
+                names: list[str] | None = None) -> compute_v1.BulkInsertInstanceResource:
     """Up to `count` VMs in one instances.bulkInsert; any number from 1 is a success, so the
-    job starts on what the zone has and the rest is asked of the next zone."""
+    job starts on what the zone has and the rest is asked of the next zone. With `names` (one
+    per VM) the VMs get exactly those, through perInstanceProperties; else a namePattern."""
     properties = compute_v1.InstanceProperties(machine_type=request.machine_type,
                                                **_common(config, request, spot, batch))
+    if names:
+        each = compute_v1.BulkInsertInstanceResourcePerInstanceProperties
+        return compute_v1.BulkInsertInstanceResource(
+            count=len(names), min_count=1, instance_properties=properties,
+            per_instance_properties={name: each() for name in names})
     return compute_v1.BulkInsertInstanceResource(
         count=count, min_count=1, name_pattern=name_pattern(config.cluster_name, batch),
         instance_properties=properties)
