@@ -18,6 +18,14 @@ MAX_INPUT_BYTES = 200 * 1024 * 1024
 # results is cut to stay under it too. transport.MAX_MESSAGE_BYTES (ZeroMQ's MAXMSGSIZE) leaves
 # 64 MiB above it for a message's envelope, so a result within the limit always travels.
 MAX_RESULT_BYTES = 256 * 1024 * 1024
+# What users may pass as func_gpu, and the GPU type each one means (as agents name them).
+GPU_ALIASES: dict[str, str] = {
+    "A100": "A100_40G",
+    "A100_40G": "A100_40G",
+    "A100_80G": "A100_80G",
+    "H100": "H100_80G",
+    "H100_80G": "H100_80G",
+}
 # A peer silent this long is dead (DESIGN §3); idle links ping at a fraction of it.
 PEER_TIMEOUT_SECONDS = 5.0
 PING_INTERVAL_SECONDS = 1.0

@@ -7,19 +7,13 @@ from dataclasses import dataclass
 import pynvml
 import structlog
 
+from burla.config import GPU_ALIASES
+
 log = structlog.get_logger("burla.agent.gpus")
 
 GIB = 1 << 30
 # An A100 reports 40 GiB or 80 GiB; anything past the middle is the 80 GB part.
 A100_80G_THRESHOLD_BYTES = 60 * GIB
-# What users may pass as func_gpu, and the GPU type each one means.
-GPU_ALIASES: dict[str, str] = {
-    "A100": "A100_40G",
-    "A100_40G": "A100_40G",
-    "A100_80G": "A100_80G",
-    "H100": "H100_80G",
-    "H100_80G": "H100_80G",
-}
 # Memory of each type in a fake inventory, as NVML would report it.
 FAKE_MEMORY_BYTES: dict[str, int] = {
     "A100_40G": 40 * GIB,

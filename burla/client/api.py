@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from burla.client import local_cluster
 from burla.client.chunking import Chunker
-from burla.config import MAX_FUNCTION_BYTES, ClusterAddress, configured_cluster
+from burla.config import GPU_ALIASES, MAX_FUNCTION_BYTES, ClusterAddress, configured_cluster
 from burla.errors import BurlaError, FunctionTooBig, JobCanceled
 from burla.job_ids import job_id_problem
 
@@ -29,8 +29,6 @@ if TYPE_CHECKING:
     from burla.client.session import JobSession, JobSpec
     from burla.client.spinner import Display
 
-GPU_TYPES = {"A100": "A100_40G", "A100_40G": "A100_40G", "A100_80G": "A100_80G",
-             "H100": "H100_80G", "H100_80G": "H100_80G"}
 # Seconds to wait for a first answer from the cluster before ClusterUnreachable.
 CONNECT_TIMEOUT_SECONDS = float(os.environ.get("BURLA_CONNECT_TIMEOUT", "20"))
 _EVENT_WAIT_SECONDS = 0.1
@@ -142,9 +140,9 @@ def _check_arguments(
     ):
         raise ValueError(f"func_ram must be a whole number of GB >= 1 or 'dynamic', "
                          f"got {func_ram!r}")
-    if func_gpu is not None and func_gpu not in GPU_TYPES:
+    if func_gpu is not None and func_gpu not in GPU_ALIASES:
         raise ValueError(f"func_gpu={func_gpu!r} is not a GPU type burla knows; use one of "
-                         f"{', '.join(repr(g) for g in GPU_TYPES)}, or None")
+                         f"{', '.join(repr(g) for g in GPU_ALIASES)}, or None")
     if image is not None and (not isinstance(image, str) or not image):
         raise ValueError(f"image must be a non-empty container image name, got {image!r}")
     if max_parallelism is not None and (
@@ -187,7 +185,7 @@ def _job_spec(
     blob, function_hash = _pickle_function(function_, name)
     return JobSpec(
         job_id=uuid.uuid4().hex, function=blob, function_hash=function_hash, function_name=name,
-        func_cpu=func_cpu, func_ram=ram_gb, func_gpu=GPU_TYPES.get(func_gpu or "", None),
+        func_cpu=func_cpu, func_ram=ram_gb, func_gpu=GPU_ALIASES.get(func_gpu or "", None),
         image=image, max_parallelism=max_parallelism, grow=grow, detach=detach,
         python_version=".".join(platform.python_version_tuple()[:2]),
     )

@@ -6,14 +6,8 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-# What users may pass as func_gpu, and the GPU type each means (as burla.agent.gpus names them).
-GPU_ALIASES: dict[str, str] = {
-    "A100": "A100_40G",
-    "A100_40G": "A100_40G",
-    "A100_80G": "A100_80G",
-    "H100": "H100_80G",
-    "H100_80G": "H100_80G",
-}
+from burla.config import GPU_ALIASES
+
 # Share of a VM's nominal memory that its agent cannot count on: the guest kernel keeps some
 # (a 32 GB VM shows about 31.3 GiB), and the agent reports whole GB rounded down.
 GUEST_RESERVED_FRACTION = 0.06
