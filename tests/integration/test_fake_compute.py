@@ -94,6 +94,9 @@ def test_a_filter_the_fake_cannot_read_is_refused_like_the_api_does(fake: FakeCo
 def test_aggregated_list_pages(fake: FakeCompute) -> None:
     for n in range(5):
         insert(fake, f"vm-{n}", {"burla-cluster": "mine"})
+    # An insert answers with its operation; the VM exists once the operation is done.
+    assert fake.wait_until(lambda f: len(f.vms()) == 5 and all(
+        vm.status == "RUNNING" for vm in f.vms()))
     instances = client(fake, compute_v1.InstancesClient)
     pages = instances.aggregated_list(request=compute_v1.AggregatedListInstancesRequest(
         project=PROJECT, filter="labels.burla-cluster = mine", max_results=2))
