@@ -19,12 +19,14 @@ from dataclasses import dataclass
 PRIVATE_BLOCK = ipaddress.ip_network("10.250.0.0/16")
 
 
-def _ip(*args: str) -> subprocess.CompletedProcess[str]:
+def run_ip(*args: str) -> subprocess.CompletedProcess[str]:
+    """`ip ARGS`, bounded in time, its output captured."""
     return subprocess.run(["ip", *args], capture_output=True, text=True, timeout=10)
 
 
-def _must(*args: str) -> None:
-    done = _ip(*args)
+def must_ip(*args: str) -> None:
+    """`ip ARGS`, raising with its stderr if it fails."""
+    done = run_ip(*args)
     if done.returncode != 0:
         raise RuntimeError(f"ip {' '.join(args)} failed: {done.stderr.strip()}")
 
@@ -53,15 +55,15 @@ class Namespace:
 
     def cut(self) -> None:
         """Partition: take the host's end of the link down."""
-        _must("link", "set", self.host_if, "down")
+        must_ip("link", "set", self.host_if, "down")
 
     def restore(self) -> None:
-        _must("link", "set", self.host_if, "up")
+        must_ip("link", "set", self.host_if, "up")
 
 
 def _free_subnet() -> ipaddress.IPv4Network:
     """A /24 of PRIVATE_BLOCK with no address on this host, starting from one our pid picks."""
-    shown = _ip("-4", "-o", "addr", "show").stdout
+    shown = run_ip("-4", "-o", "addr", "show").stdout
     used = {ipaddress.ip_interface(word).network.supernet(new_prefix=24)
             for line in shown.splitlines() for word in line.split()
             if word.startswith("10.250.") and "/" in word}
@@ -74,8 +76,8 @@ def _free_subnet() -> ipaddress.IPv4Network:
 
 
 def _remove(ns: Namespace) -> None:
-    _ip("netns", "del", ns.name)
-    _ip("link", "del", ns.host_if)  # gone already with its peer, unless a process holds it
+    run_ip("netns", "del", ns.name)
+    run_ip("link", "del", ns.host_if)  # gone already with its peer, unless a process holds it
 
 
 @contextlib.contextmanager
@@ -90,15 +92,15 @@ def namespaces(count: int) -> Iterator[list[Namespace]]:
             host, inside = list(pairs[i].hosts())
             ns = Namespace(f"burla-{tag}-{i}", f"bh{tag}{i}"[:15], f"bn{tag}{i}"[:15],
                            str(host), str(inside))
-            _must("netns", "add", ns.name)
+            must_ip("netns", "add", ns.name)
             made.append(ns)
-            _must("link", "add", ns.host_if, "type", "veth", "peer", "name", ns.ns_if,
+            must_ip("link", "add", ns.host_if, "type", "veth", "peer", "name", ns.ns_if,
                   "netns", ns.name)
-            _must("addr", "add", f"{host}/30", "dev", ns.host_if)
-            _must("link", "set", ns.host_if, "up")
-            _must("netns", "exec", ns.name, "ip", "addr", "add", f"{inside}/30", "dev", ns.ns_if)
-            _must("netns", "exec", ns.name, "ip", "link", "set", ns.ns_if, "up")
-            _must("netns", "exec", ns.name, "ip", "link", "set", "lo", "up")
+            must_ip("addr", "add", f"{host}/30", "dev", ns.host_if)
+            must_ip("link", "set", ns.host_if, "up")
+            must_ip("netns", "exec", ns.name, "ip", "addr", "add", f"{inside}/30", "dev", ns.ns_if)
+            must_ip("netns", "exec", ns.name, "ip", "link", "set", ns.ns_if, "up")
+            must_ip("netns", "exec", ns.name, "ip", "link", "set", "lo", "up")
         yield made
     finally:
         for ns in made:
@@ -107,7 +109,7 @@ def namespaces(count: int) -> Iterator[list[Namespace]]:
 
 def leftovers(made: list[Namespace]) -> list[str]:
     """Namespaces or links of `made` that still exist."""
-    names = set(_ip("netns", "list").stdout.split())
-    links = _ip("-o", "link", "show").stdout
+    names = set(run_ip("netns", "list").stdout.split())
+    links = run_ip("-o", "link", "show").stdout
     return [ns.name for ns in made if ns.name in names] + \
         [ns.host_if for ns in made if f" {ns.host_if}@" in links or f" {ns.host_if}:" in links]

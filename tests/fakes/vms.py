@@ -27,6 +27,7 @@ from pathlib import Path
 from burla.agent.limits import cgroup_root_name
 from tests.fakes.compute_vms import FakeVm, VmHooks
 from tests.fakes.metadata import FakeMetadata
+from tests.netns import must_ip, run_ip
 
 TEST_BLOCK = ipaddress.IPv4Network("10.201.0.0/16")
 CGROUP_MOUNT = Path("/sys/fs/cgroup")
@@ -36,19 +37,9 @@ SHUTDOWN_GRACE_S = 15.0
 KILL_WAIT_S = 10.0  # after SIGKILL, the longest wait for the kernel to take them
 
 
-def _ip(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["ip", *args], capture_output=True, text=True, timeout=10)
-
-
-def _must(*args: str) -> None:
-    done = _ip(*args)
-    if done.returncode != 0:
-        raise RuntimeError(f"ip {' '.join(args)} failed: {done.stderr.strip()}")
-
-
 def _free_subnet() -> ipaddress.IPv4Network:
     """A /24 of TEST_BLOCK with no address on this host, starting from one our pid picks."""
-    shown = _ip("-4", "-o", "addr", "show").stdout
+    shown = run_ip("-4", "-o", "addr", "show").stdout
     used = {ipaddress.ip_interface(word).network.supernet(new_prefix=24)
             for line in shown.splitlines() for word in line.split()
             if word.startswith("10.201.") and "/" in word}
@@ -82,7 +73,7 @@ class Machine:
 
     def pids(self) -> list[int]:
         """Every process in the VM's namespace now."""
-        return [int(p) for p in _ip("netns", "pids", self.namespace).stdout.split()]
+        return [int(p) for p in run_ip("netns", "pids", self.namespace).stdout.split()]
 
 
 @dataclass
@@ -129,9 +120,9 @@ class NamespaceVms(VmHooks):
 
     def start(self, compute_url: str = "") -> NamespaceVms:
         """Make the bridge and start the metadata server (relaying the API at `compute_url`)."""
-        _must("link", "add", self._bridge, "type", "bridge")
-        _must("addr", "add", f"{self.host_address}/24", "dev", self._bridge)
-        _must("link", "set", self._bridge, "up")
+        must_ip("link", "add", self._bridge, "type", "bridge")
+        must_ip("addr", "add", f"{self.host_address}/24", "dev", self._bridge)
+        must_ip("link", "set", self._bridge, "up")
         self.metadata = FakeMetadata(self.host_address, compute_url).start()
         return self
 
@@ -174,15 +165,15 @@ class NamespaceVms(VmHooks):
             machines, self.machines = list(self.machines.values()), {}
         for machine in machines:
             self._shut_down(machine, preempted=False)
-        _ip("link", "del", self._bridge)
+        run_ip("link", "del", self._bridge)
         if self.metadata is not None:
             self.metadata.close()
 
     def leftovers(self) -> list[str]:
         """Namespaces, links, processes and cgroups of these VMs that still exist."""
-        namespaces = set(_ip("netns", "list").stdout.split())
+        namespaces = set(run_ip("netns", "list").stdout.split())
         links = {line.split(":")[1].strip().split("@")[0]
-                 for line in _ip("-o", "link", "show").stdout.splitlines() if ":" in line}
+                 for line in run_ip("-o", "link", "show").stdout.splitlines() if ":" in line}
         left = [f"namespace {ns}" for ns, _ in self._made if ns in namespaces]
         left += [f"link {link}" for _, link in self._made if link in links]
         left += [f"bridge {self._bridge}"] if self._bridge in links else []
@@ -201,18 +192,18 @@ class NamespaceVms(VmHooks):
         self._made.append((namespace, host_if))
         self._cgroups.append(cgroup_root_name(machine.state_dir))
         try:
-            _must("netns", "add", namespace)
-            _must("link", "add", host_if, "type", "veth", "peer", "name", ns_if, "netns",
+            must_ip("netns", "add", namespace)
+            must_ip("link", "add", host_if, "type", "veth", "peer", "name", ns_if, "netns",
                   namespace)
-            _must("link", "set", host_if, "master", self._bridge)
-            _must("link", "set", host_if, "up")
+            must_ip("link", "set", host_if, "master", self._bridge)
+            must_ip("link", "set", host_if, "up")
             inside = ("netns", "exec", namespace, "ip")
-            _must(*inside, "addr", "add", f"{address}/24", "dev", ns_if)
-            _must(*inside, "link", "set", ns_if, "up")
-            _must(*inside, "link", "set", "lo", "up")
+            must_ip(*inside, "addr", "add", f"{address}/24", "dev", ns_if)
+            must_ip(*inside, "link", "set", ns_if, "up")
+            must_ip(*inside, "link", "set", "lo", "up")
         except RuntimeError:
-            _ip("netns", "del", namespace)
-            _ip("link", "del", host_if)
+            run_ip("netns", "del", namespace)
+            run_ip("link", "del", host_if)
             raise
         return machine
 
@@ -260,8 +251,8 @@ class NamespaceVms(VmHooks):
         if self.metadata is not None:
             self.metadata.remove(machine.address)
         self._remove_cgroups(machine, preempted)
-        _ip("netns", "del", machine.namespace)
-        _ip("link", "del", machine.host_if)  # gone already with its peer, normally
+        run_ip("netns", "del", machine.namespace)
+        run_ip("link", "del", machine.host_if)  # gone already with its peer, normally
         log = machine.log.read_text(errors="replace") if machine.log.exists() else ""
         self.ended.append(Ended(machine.name, preempted, returncode, log))
 
