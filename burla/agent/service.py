@@ -41,6 +41,8 @@ WARM_UP_TIMEOUT_SECONDS = 20.0
 # Wait before replacing an executor that died before it started with nothing to blame, so a
 # broken start-up costs a fork a second, not a busy loop.
 START_RETRY_SECONDS = 1.0
+# What the coordinator sends a registration: dropped while we are between registrations.
+SESSION_MESSAGES = (protocol.Assign, protocol.Chunk, protocol.Release, protocol.Forget)
 
 
 @dataclass
@@ -197,6 +199,11 @@ class Agent(Deaths):
 
     def on_coordinator_message(self, _peer: bytes, msg: protocol.Message) -> None:
         self.last_heard = time.monotonic()
+        if isinstance(msg, SESSION_MESSAGES) and not self.registered.is_set():
+            # Meant for a registration we gave up: the coordinator answers a Hello with its
+            # Welcome before anything else, down this FIFO connection.
+            log.debug("stale_message_dropped", op=msg.op)
+            return
         handler = self.coordinator_handlers.get(type(msg))
         if handler is None:
             log.warning("unexpected_message", op=msg.op, origin="coordinator")
@@ -204,6 +211,10 @@ class Agent(Deaths):
         handler(self, msg)
 
     def on_welcome(self, msg: protocol.Welcome) -> None:
+        answers = msg.info.get("answers", self.session)  # the session of the Hello it answers
+        if answers != self.session:
+            log.debug("stale_welcome_dropped", answers=answers, session=self.session)
+            return
         if not self.registered.is_set():
             self.registered.set()
             self.unanswered_since = 0.0
@@ -232,9 +243,14 @@ class Agent(Deaths):
             return
         shape: Shape = (msg.func_cpu, msg.func_ram, msg.func_gpu)
         env = dict(msg.env, BURLA_CLUSTER=self.config.coordinator)
-        job = AgentJob(msg.job_id, msg.function_hash, function, msg.slots, shape, msg.owner, env,
-                       parallelism=msg.slots)
-        self.jobs[msg.job_id] = job
+        job = self.jobs.get(msg.job_id)
+        if job is None:
+            job = AgentJob(msg.job_id, msg.function_hash, function, msg.slots, shape, msg.owner,
+                           env, parallelism=msg.slots)
+            self.jobs[msg.job_id] = job
+        else:  # more slots for a job already here (another job's slots came free): its queue
+            job.slots += msg.slots  # and its executors stay
+            job.parallelism += msg.slots
         warm = self.pool.idle(shape, msg.owner)[: msg.slots]
         for executor in warm:
             self.attach(executor, job)
@@ -326,6 +342,9 @@ class Agent(Deaths):
         still_idle_after_it = executor.job_id == "" and executor.loaded_job == job_id
         if still_idle_after_it and self.pool.executors.get(executor.executor_id) is executor:
             self.downstream.send(protocol.Release(job_id, False), executor.executor_id.encode())
+            # It has left the job: should the job come back (the coordinator assigns it again
+            # to an agent that rejoined), it needs the Load again. Its function stays cached.
+            executor.loaded_job = ""
 
     def on_forget(self, msg: protocol.Forget) -> None:
         # Executors keep their loaded copy (within their own bound); a job running it is live,

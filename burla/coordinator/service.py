@@ -182,19 +182,24 @@ class Coordinator:
             if not hmac.compare_digest(msg.token.encode(), self.config.agent_token.encode()):
                 self.channel.send(protocol.Refuse("unauthorized", "bad cluster token", ""), peer)
                 return
+            # Welcome first: the agent drops what comes before it, as meant for a registration
+            # it gave up. `answers` names the session of this Hello.
+            self.channel.send(protocol.Welcome(
+                self.session, protocol.PROTOCOL_VERSION, __version__,
+                {"endpoint": self.endpoint, "answers": msg.session}), peer)
             self.send_all(self.scheduler.add_node(peer, msg, now))
             if self.grower is not None:
                 self.grower.poke()
-        else:
-            owner = self.authenticate(msg.token)
-            if owner is None:
-                self.channel.send(protocol.Refuse(
-                    "unauthorized", "the cluster refused this token: pass the cluster's token "
-                    "as api_key= or in BURLA_API_KEY (the coordinator's --token-file holds it)",
-                    ""), peer)
-                return
-            self.clients[peer] = owner
-            self.client_seen[peer] = now
+            return
+        owner = self.authenticate(msg.token)
+        if owner is None:
+            self.channel.send(protocol.Refuse(
+                "unauthorized", "the cluster refused this token: pass the cluster's token "
+                "as api_key= or in BURLA_API_KEY (the coordinator's --token-file holds it)",
+                ""), peer)
+            return
+        self.clients[peer] = owner
+        self.client_seen[peer] = now
         self.channel.send(protocol.Welcome(self.session, protocol.PROTOCOL_VERSION, __version__,
                                            {"endpoint": self.endpoint}), peer)
 

@@ -102,6 +102,22 @@ def test_no_release_is_passed_on_to_an_executor_the_next_job_took_first(agent: A
     assert agent.downstream.messages == []  # type: ignore[attr-defined]
 
 
+def test_a_job_assigned_again_after_its_release_was_passed_on_is_loaded_again(
+        agent: Agent) -> None:
+    # An agent that rejoins releases its jobs; the coordinator then may assign the same job to
+    # it again. The executor that ran it was told the job ended, so it needs the Load again.
+    job = add_job(agent, "job-a")
+    ran = add_executor(agent, "ran", job)
+    agent.on_release(protocol.Release("job-a", False))
+    run_delayed(agent)
+    agent.downstream.messages.clear()  # type: ignore[attr-defined]
+    agent.on_assign(protocol.Assign("job-a", "hash", 1, 1, 0, None, "me", {}, b"function"))
+    agent.on_chunk(chunk("job-a"))
+    sent = [(peer, type(msg).__name__) for peer, msg in agent.downstream.messages]  # type: ignore[attr-defined]
+    assert sent == [(b"ran", "Load"), (b"ran", "Chunk")]
+    assert ran.job_id == "job-a" and ran.chunk == chunk("job-a")
+
+
 def test_a_busy_executor_gets_the_release_once_its_last_chunk_is_done(agent: Agent) -> None:
     job = add_job(agent, "job-a")
     busy = add_executor(agent, "busy", job)
@@ -132,3 +148,37 @@ def test_an_idle_executor_retiring_is_killed_and_not_replaced_for_a_job(agent: A
     agent.on_executor_message(b"idle", protocol.Retire("changed the working directory"))
     assert idle.killed and idle.job_id == DYING
     assert list(agent.pool.executors) == ["idle"]  # keep_warm refills once its exit is seen
+
+
+def test_more_slots_for_a_job_here_keep_its_queue_and_executors(agent: Agent) -> None:
+    agent.registered.set()
+    assign = protocol.Assign("job-a", "hash", 1, 1, 0, None, "me", {}, b"function")
+    agent.on_coordinator_message(b"", assign)
+    first = agent.jobs["job-a"]
+    busy = next(e for e in agent.pool.executors.values() if e.job_id == "job-a")
+    for _ in range(3):
+        agent.on_coordinator_message(b"", chunk("job-a"))
+    assert busy.chunk is not None and len(first.queue) == 2
+    agent.on_coordinator_message(b"", protocol.Assign("job-a", "hash", 1, 1, 0, None, "me", {},
+                                                      b""))
+    assert agent.jobs["job-a"] is first and first.slots == first.parallelism == 2
+    serving = [e for e in agent.pool.executors.values() if e.job_id == "job-a"]
+    assert len(serving) == 2 and all(e.chunk is not None for e in serving)
+    assert len(first.queue) == 1  # the new executor took one queued chunk, none was lost
+
+
+def test_what_comes_between_registrations_is_dropped(agent: Agent) -> None:
+    # The agent gave up on its registration and said Hello again: the coordinator's messages
+    # for the old registration arrive before the Welcome for the new one, and are dropped.
+    assert not agent.registered.is_set()
+    agent.on_coordinator_message(b"", protocol.Assign("job-a", "hash", 1, 1, 0, None, "me", {},
+                                                      b"function"))
+    agent.on_coordinator_message(b"", protocol.Welcome("c", protocol.PROTOCOL_VERSION, "0",
+                                                       {"answers": "an-older-session"}))
+    assert agent.jobs == {} and not agent.registered.is_set()
+    agent.on_coordinator_message(b"", protocol.Welcome("c", protocol.PROTOCOL_VERSION, "0",
+                                                       {"answers": agent.session}))
+    assert agent.registered.is_set()
+    agent.on_coordinator_message(b"", protocol.Assign("job-a", "hash", 1, 1, 0, None, "me", {},
+                                                      b"function"))
+    assert list(agent.jobs) == ["job-a"]
