@@ -155,9 +155,17 @@ class NamespaceVms(VmHooks):
 
     # -- what tests use ---------------------------------------------------------------------
 
-    def machine(self, name: str) -> Machine | None:
-        with self._lock:
-            return next((m for m in self.machines.values() if m.name == name), None)
+    def machine(self, name: str, within: float = 30.0) -> Machine | None:
+        """The machine of VM `name`, once the fake's hook thread has booted it (it does so
+        after the insert's operation is done); None if it has not within `within` seconds."""
+        deadline = time.monotonic() + within
+        while True:
+            with self._lock:
+                found = next((m for m in self.machines.values() if m.name == name), None)
+            if found is not None or time.monotonic() > deadline or \
+                    any(name in problem for problem in self.problems):
+                return found
+            time.sleep(0.05)
 
     def close(self) -> None:
         """Shut down every VM still up (as deleted), then remove the bridge and the server."""
