@@ -222,14 +222,16 @@ def _run_coordinator(args: argparse.Namespace) -> None:
 
 async def _with_local_agent(config: CoordinatorConfig, args: argparse.Namespace) -> None:
     """The coordinator and, on the same event loop, this machine's agent (the embedded
-    cluster). The agent dials the coordinator as any agent does; only the process is shared.
-    SIGTERM stops both, and the coordinator's idle stop sends the agent its Shutdown."""
+    cluster). The agent registers as any agent does; their messages are handed over
+    in-process (burla.local_link). SIGTERM stops both, and the coordinator's idle stop
+    sends the agent its Shutdown."""
     import asyncio
     import contextvars
     import platform
 
     import structlog
 
+    from burla import local_link
     from burla.agent.config import AgentConfig
     from burla.agent.service import Agent
     from burla.coordinator.service import Coordinator
@@ -243,9 +245,15 @@ async def _with_local_agent(config: CoordinatorConfig, args: argparse.Namespace)
             coordinator=coordinator.endpoint, token=config.agent_token, state_dir=args.local_agent,
             agent_id=f"{platform.node()}-{os.getpid()}", token_file=args.token_file,
         )
+        as_coordinator = contextvars.copy_context()
         as_agent = contextvars.copy_context()  # its log lines say role=agent
         as_agent.run(structlog.contextvars.bind_contextvars, role="agent")
         agent = as_agent.run(Agent, agent_config)
+        # Their messages go from one to the other in-process, not through ZeroMQ.
+        coordinator.channel = local_link.CoordinatorChannel(  # type: ignore[assignment]
+            coordinator.channel, agent.identity, agent.on_coordinator_message, as_agent)
+        agent.uplink = lambda: local_link.AgentUplink(coordinator.on_message, agent.identity,
+                                                      as_coordinator)
         tasks.create_task(agent.run(), context=as_agent)
 
 

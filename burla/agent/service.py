@@ -80,6 +80,11 @@ class Agent(Deaths):
         self.unreachable_logged_at = 0.0
         self.upstream: channel.Channel
         self.downstream: channel.Channel
+        # What the coordinator knows this agent's messages by, for all its registrations.
+        self.identity = f"agent-{config.agent_id}-{self.session}".encode()
+        # Makes the upstream instead of a ZeroMQ socket (burla.local_link, for the embedded
+        # cluster, whose coordinator runs on this event loop).
+        self.uplink: Callable[[], Any] | None = None
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -88,14 +93,14 @@ class Agent(Deaths):
             transport.router_socket(self.ctx, self.endpoint), self.on_executor_message,
             routed=True, name="executors",
         )
-        self.upstream = channel.Channel(
-            transport.dealer_socket(
-                self.ctx, self.config.coordinator,
-                f"agent-{self.config.agent_id}-{self.session}".encode(),
-            ),
-            self.on_coordinator_message, routed=False, name="coordinator",
-            replace_unsent=unsent.replacement,
-        )
+        if self.uplink is not None:  # the embedded cluster: the coordinator is in-process
+            self.upstream = self.uplink()
+        else:
+            self.upstream = channel.Channel(
+                transport.dealer_socket(self.ctx, self.config.coordinator, self.identity),
+                self.on_coordinator_message, routed=False, name="coordinator",
+                replace_unsent=unsent.replacement,
+            )
         self.downstream.start()
         self.upstream.start()
         daemon.stop_on_signals(self.stop)
